@@ -1,0 +1,168 @@
+"""Final-answer extraction and judging: one judge for every method and dataset.
+
+`extract_answer` looks for the answer in this order and takes the *last*
+occurrence of the first kind that is present:
+
+1. ``[[x]]`` (the TALE answer format),
+2. ``\\boxed{x}``,
+3. ``Answer: x``,
+4. ``#### x`` (GSM8K's gold format),
+5. the last number anywhere in the text.
+
+Numbers are normalised (thousands separators, ``$``, ``%``, trailing periods,
+``+``/unicode minus signs, ``5.0`` -> ``5``, simple fractions ``3/4`` -> ``0.75``)
+so that `is_correct` can compare them numerically.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+__all__ = ["extract_answer", "format_number", "is_correct", "normalize_answer", "parse_number"]
+
+# A number: optional sign and currency, digits with or without thousands
+# separators (or a bare decimal like .5), optional decimals, optional
+# "/denominator" for a simple fraction, optional percent sign.
+_NUMBER = re.compile(
+    r"(?<![\w.])"
+    r"(?P<sign>[-+\u2212]?)\$?"
+    r"(?P<int>\d{1,3}(?:,\d{3})+|\d+)?"
+    r"(?P<dec>\.\d+)?"
+    r"(?:\s?/\s?(?P<den>\d+(?:\.\d+)?))?"
+    r"\s?%?"
+)
+_DOUBLE_BRACKETS = re.compile(r"\[\[(.*?)\]\]", re.DOTALL)
+_ANSWER_COLON = re.compile(r"answer\s*(?:is)?\s*[:=]\s*(.+)", re.IGNORECASE)
+_HASHES = re.compile(r"####\s*(.+)")
+
+
+def _numbers(text: str) -> list[str]:
+    """Every number in `text`, normalised, in order of appearance."""
+    found = []
+    for m in _NUMBER.finditer(text):
+        if not (m.group("int") or m.group("dec")):
+            continue
+        value = _to_float(m)
+        if value is not None:
+            found.append(format_number(value))
+    return found
+
+
+def _to_float(m: re.Match) -> float | None:
+    whole = (m.group("int") or "0").replace(",", "")
+    value = float(whole + (m.group("dec") or ""))
+    den = m.group("den")
+    if den is not None:
+        if float(den) == 0:
+            return None
+        value /= float(den)
+    if m.group("sign") in ("-", "\u2212"):
+        value = -value
+    return value
+
+
+def format_number(value: float) -> str:
+    if value == 0:
+        return "0"
+    if float(value).is_integer() and abs(value) < 1e16:
+        return str(int(value))
+    return f"{value:.10g}"
+
+
+def parse_number(text: str | None) -> float | None:
+    """The value of `text` if it is exactly one number (after normalisation)."""
+    if text is None:
+        return None
+    cleaned = text.strip().rstrip(".").strip()
+    m = _NUMBER.fullmatch(cleaned)
+    if m is None or not (m.group("int") or m.group("dec")):
+        return None
+    return _to_float(m)
+
+
+def normalize_answer(text: str | None) -> str | None:
+    """Canonical form of an answer span: a number as a plain decimal string,
+    otherwise the stripped text without a trailing period; None when empty."""
+    if text is None:
+        return None
+    span = text.strip().strip("*").strip()
+    if not span:
+        return None
+    value = parse_number(span)
+    if value is not None:
+        return format_number(value)
+    numbers = _numbers(span)
+    if len(numbers) == 1:  # "[[ $18 per day ]]" -> "18"
+        return numbers[0]
+    return span.rstrip(".").strip() or None
+
+
+def _boxed_contents(text: str) -> list[str]:
+    """Contents of every \\boxed{...}, with nested braces balanced."""
+    out = []
+    for m in re.finditer(r"\\boxed\s*\{", text):
+        depth, i = 1, m.end()
+        while i < len(text) and depth:
+            depth += {"{": 1, "}": -1}.get(text[i], 0)
+            i += 1
+        if depth == 0:
+            out.append(text[m.end() : i - 1])
+    return out
+
+
+def _first_number_or_span(span: str) -> str | None:
+    """For 'Answer: 42 apples. Then ...': the first number after the marker."""
+    line = span.strip().splitlines()[0] if span.strip() else ""
+    numbers = _numbers(line)
+    if numbers:
+        return numbers[0]
+    return normalize_answer(line)
+
+
+def extract_answer(text: str | None) -> str | None:
+    """The model's final answer in `text`, normalised; None if there is none.
+
+    >>> extract_answer("so 3 + 4 = 7. Answer: [[ 1,234 ]]")
+    '1234'
+    >>> extract_answer("The total is $12.50.")
+    '12.5'
+    >>> extract_answer("") is None
+    True
+    """
+    if not text:
+        return None
+    for content in reversed(_DOUBLE_BRACKETS.findall(text)):
+        answer = normalize_answer(content)
+        if answer is not None:
+            return answer
+    for content in reversed(_boxed_contents(text)):
+        answer = normalize_answer(content)
+        if answer is not None:
+            return answer
+    for pattern in (_ANSWER_COLON, _HASHES):
+        for m in reversed(list(pattern.finditer(text))):
+            answer = _first_number_or_span(m.group(1))
+            if answer is not None:
+                return answer
+    numbers = _numbers(text)
+    return numbers[-1] if numbers else None
+
+
+def is_correct(prediction: str | None, gold: str | float | int | None, *, rel_tol: float = 1e-4) -> bool:
+    """True when `prediction` matches `gold`: numerically within `rel_tol`
+    when both are numbers, else as case-insensitive normalised strings.
+
+    >>> is_correct("5.0", "5"), is_correct("0.5", "1/2"), is_correct(None, "5")
+    (True, True, False)
+    """
+    if prediction is None or gold is None:
+        return False
+    gold_text = format_number(float(gold)) if isinstance(gold, (int, float)) else str(gold)
+    pred_value, gold_value = parse_number(str(prediction)), parse_number(gold_text)
+    if pred_value is not None and gold_value is not None:
+        return math.isclose(pred_value, gold_value, rel_tol=rel_tol, abs_tol=1e-9)
+    pred_norm, gold_norm = normalize_answer(str(prediction)), normalize_answer(gold_text)
+    if pred_norm is None or gold_norm is None:
+        return False
+    return pred_norm.casefold() == gold_norm.casefold()

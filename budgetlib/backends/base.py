@@ -1,0 +1,73 @@
+"""The `Backend` protocol every model runner implements, and `Generation`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+
+__all__ = ["Generation", "Backend", "check_request", "prefixes_for", "PrefillUnsupported"]
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class Generation:
+    """One model output. `text` is the continuation only (without the prompt
+    or any `assistant_prefix`); `n_output_tokens` counts generated tokens only:
+    no prompt, no padding, no end-of-sequence token. `finish_reason` is
+    ``"stop"`` (the model ended its turn) or ``"length"`` (hit max_new_tokens)."""
+
+    text: str
+    n_output_tokens: int
+    finish_reason: FinishReason
+
+
+class PrefillUnsupported(NotImplementedError):
+    """Raised by a backend that cannot prefill the assistant turn."""
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Generates answers to user messages; the backend applies the chat template.
+
+    `assistant_prefix` prefills the start of the assistant turn: one string
+    for every prompt, or one per prompt.
+    """
+
+    model_id: str
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
+                 seed: int = 0, assistant_prefix: str | Sequence[str] | None = None) -> list[Generation]:
+        ...
+
+    def identity(self) -> dict[str, Any]:
+        """What determines this backend's outputs besides the request: model,
+        revision, dtype, device. Used for cache keys and run metadata."""
+        ...
+
+    def render(self, prompt: str, assistant_prefix: str | None = None) -> str:
+        """The exact model input text for one prompt."""
+        ...
+
+
+def check_request(prompts: Sequence[str], max_new_tokens: int, temperature: float) -> None:
+    """Reject malformed generate() arguments with a clear error."""
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a sequence of strings, not one string")
+    bad = [i for i, p in enumerate(prompts) if not isinstance(p, str)]
+    if bad:
+        raise TypeError(f"prompts must be strings; item {bad[0]} is {type(prompts[bad[0]]).__name__}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+
+
+def prefixes_for(assistant_prefix: str | Sequence[str] | None, n: int) -> list[str | None]:
+    """One assistant prefix (or None) per prompt."""
+    if assistant_prefix is None or isinstance(assistant_prefix, str):
+        return [assistant_prefix] * n
+    prefixes = list(assistant_prefix)
+    if len(prefixes) != n:
+        raise ValueError(f"got {len(prefixes)} assistant prefixes for {n} prompts")
+    return prefixes

