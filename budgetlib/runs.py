@@ -1,0 +1,192 @@
+"""Run directories: ``results/<step>/<run_id>/`` with
+
+- ``config.json``   what was asked for (the run id is a hash of it by default),
+- ``metadata.json`` model, dataset, n, profile, device, versions, git sha,
+- ``items.jsonl``   one row per finished item, appended as items finish,
+- ``summary.json``  written last and atomically: its presence means finished.
+
+Reopening a run with the same config resumes it; a different config under
+the same id is refused, and a finished summary is never overwritten silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any, Iterable
+
+from .paths import project_root
+
+__all__ = ["Run", "RunError", "start_run", "config_hash", "environment_info", "results_root", "read_jsonl"]
+
+log = logging.getLogger(__name__)
+VERSIONED = ("budgetlib", "torch", "transformers", "trl", "peft", "datasets", "numpy", "pandas")
+
+
+class RunError(RuntimeError):
+    """A run directory that cannot be used as asked (config mismatch, finished...)."""
+
+
+def results_root() -> Path:
+    """`BUDGETLIB_RESULTS`, else ``<project root>/results``."""
+    return Path(os.environ.get("BUDGETLIB_RESULTS") or project_root() / "results")
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short stable hash of a JSON-serialisable config."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=project_root(), capture_output=True,
+                             text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment_info() -> dict[str, Any]:
+    """Python, platform, package versions, git sha and accelerator, for metadata and benchmarks."""
+    versions = {}
+    for pkg in VERSIONED:
+        try:
+            versions[pkg] = importlib_metadata.version(pkg)
+        except importlib_metadata.PackageNotFoundError:
+            versions[pkg] = None
+    info = {"python": sys.version.split()[0], "platform": platform.platform(),
+            "machine": platform.machine(), "cpu_count": os.cpu_count(), "versions": versions,
+            "git_sha": _git_sha()}
+    try:
+        import torch
+
+        info["cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        info["cuda"] = None
+    return info
+
+
+def read_jsonl(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
+    """Rows of a JSONL file. A last line cut off mid-write (no newline) is
+    dropped with a warning, and with `repair` also removed from the file so
+    appends continue cleanly; any other malformed line is an error naming
+    file and line."""
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    tail = lines.pop()  # b"" when the file ends with a newline
+    rows = []
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise RunError(f"{path}:{lineno}: malformed JSON line: {exc.msg}") from exc
+    if tail.strip():
+        log.warning("%s:%d: dropping a truncated last line (an interrupted write)", path, len(lines) + 1)
+        if repair:
+            with path.open("r+b") as f:
+                f.truncate(len(raw) - len(tail))
+    return rows
+
+
+@dataclass
+class Run:
+    """An open run directory."""
+
+    dir: Path
+
+    @property
+    def items_path(self) -> Path:
+        return self.dir / "items.jsonl"
+
+    @property
+    def summary_path(self) -> Path:
+        return self.dir / "summary.json"
+
+    @property
+    def finished(self) -> bool:
+        return self.summary_path.exists()
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return json.loads((self.dir / "config.json").read_text())
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        return json.loads((self.dir / "metadata.json").read_text())
+
+    def items(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.items_path, repair=not self.finished)
+
+    def done_ids(self) -> set[str]:
+        return {row["id"] for row in self.items()}
+
+    def append(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Append finished items (each with an ``id``) and flush them to disk."""
+        if self.finished:
+            raise RunError(f"{self.dir} is finished (summary.json exists); start a new run")
+        lines = []
+        for row in rows:
+            if "id" not in row:
+                raise RunError(f"item without an 'id' field: keys {sorted(row)}")
+            lines.append(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        if not lines:
+            return
+        with self.items_path.open("a", encoding="utf-8") as f:
+            f.write("".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+
+    def summary(self) -> dict[str, Any]:
+        if not self.finished:
+            raise RunError(f"{self.dir} has no summary yet (unfinished run)")
+        return json.loads(self.summary_path.read_text())
+
+    def finish(self, summary: dict[str, Any], *, overwrite: bool = False) -> None:
+        """Write summary.json atomically; refuses to replace an existing one unless `overwrite`."""
+        if self.finished and not overwrite:
+            raise RunError(f"{self.summary_path} exists; pass overwrite=True to replace it")
+        tmp = self.summary_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(summary, indent=2, default=str))
+        os.replace(tmp, self.summary_path)
+
+
+def start_run(step: str, config: dict[str, Any], *, metadata: dict[str, Any] | None = None,
+              run_id: str | None = None, root: str | Path | None = None) -> Run:
+    """Open ``<root>/<step>/<run_id>/`` (root: `results_root()`; run id: a hash of
+    `config`). A new directory gets config.json and metadata.json
+    (`metadata` merged over `environment_info()`); an existing one must have the
+    same config and is resumed."""
+    root = Path(root) if root is not None else results_root()
+    run_id = run_id or config_hash(config)
+    run_dir = root / step / run_id
+    config_path = run_dir / "config.json"
+    normalised = json.loads(json.dumps(config, sort_keys=True, default=str))
+    if config_path.exists():
+        existing = json.loads(config_path.read_text())
+        if existing != normalised:
+            changed = sorted(k for k in set(existing) | set(normalised) if existing.get(k) != normalised.get(k))
+            raise RunError(f"{run_dir} holds a run with a different config (differs in {changed}); "
+                           "use another run_id or remove that directory")
+        return Run(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {**environment_info(), **(metadata or {}),
+            "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    (run_dir / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
+    tmp = config_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(normalised, indent=2, sort_keys=True))
+    os.replace(tmp, config_path)  # config.json last: its presence means the run is set up
+    return Run(run_dir)

@@ -1,0 +1,33 @@
+import os
+
+import pytest
+
+from budgetlib.answers import extract_answer
+from budgetlib.backends import FakeBackend
+
+
+@pytest.fixture(autouse=True)
+def isolated_paths(tmp_path_factory, monkeypatch):
+    """Tests never write into the user's results dir or generation cache,
+    but keep the shared model cache (converting the model is slow)."""
+    monkeypatch.setenv("BUDGETLIB_RESULTS", str(tmp_path_factory.mktemp("results")))
+    monkeypatch.setenv("BUDGETLIB_GEN_CACHE", "on")
+    yield
+
+
+def solving_responder(prompt, max_new_tokens, temperature, seed, prefix):
+    """A scripted 'model': answers 'X has a ... gets b more' problems correctly
+    when the question number is even, and wrongly otherwise; the CoT is longer
+    without a budget."""
+    import re
+
+    nums = [int(n) for n in re.findall(r"\d+", prompt.split("\n")[0])]
+    truth = nums[0] + nums[1] if "more" in prompt.split("\n")[0] else nums[0] - nums[1]
+    answer = truth if nums[0] % 2 == 0 else truth + 1
+    words = 4 if "less than" in prompt else 12
+    return " ".join(["think"] * words) + f" Answer: [[{answer}]]"
+
+
+@pytest.fixture
+def fake():
+    return FakeBackend(solving_responder, model_id="fake-solver")
