@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal, InvalidOperation, localcontext
 
 __all__ = ["extract_answer", "format_number", "is_correct", "normalize_answer", "parse_number"]
 
@@ -33,8 +34,12 @@ _NUMBER = re.compile(
     r"\s?%?"
 )
 _DOUBLE_BRACKETS = re.compile(r"\[\[(.*?)\]\]", re.DOTALL)
-_ANSWER_COLON = re.compile(r"answer\s*(?:is)?\s*[:=]\s*(.+)", re.IGNORECASE)
-_HASHES = re.compile(r"####\s*(.+)")
+_ANSWER_MARKER = re.compile(r"answer\s*(?:is)?\s*[:=]", re.IGNORECASE)
+_HASHES_MARKER = re.compile(r"####")
+_LATEX_FRAC = re.compile(r"\\[dt]?frac\s*\{\s*([^{}]+?)\s*\}\s*\{\s*([^{}]+?)\s*\}")
+# Characters that make a span an expression rather than "a number with a unit".
+_EXPRESSION_CHARS = set("^\\{}=!*+<>")
+_SIGNIFICANT_DIGITS = 12  # for fractions that do not terminate (1/3)
 
 
 def _numbers(text: str) -> list[str]:
@@ -43,57 +48,94 @@ def _numbers(text: str) -> list[str]:
     for m in _NUMBER.finditer(text):
         if not (m.group("int") or m.group("dec")):
             continue
-        value = _to_float(m)
+        value = _to_decimal(m)
         if value is not None:
             found.append(format_number(value))
     return found
 
 
-def _to_float(m: re.Match) -> float | None:
-    whole = (m.group("int") or "0").replace(",", "")
-    value = float(whole + (m.group("dec") or ""))
+def _to_decimal(m: re.Match) -> Decimal | None:
+    value = Decimal((m.group("int") or "0").replace(",", "") + (m.group("dec") or ""))
     den = m.group("den")
     if den is not None:
-        if float(den) == 0:
+        if Decimal(den) == 0:
             return None
-        value /= float(den)
+        with localcontext() as ctx:
+            ctx.prec = _SIGNIFICANT_DIGITS
+            value = value / Decimal(den)
     if m.group("sign") in ("-", "\u2212"):
         value = -value
     return value
 
 
-def format_number(value: float) -> str:
+def format_number(value: float | int | Decimal) -> str:
+    """A number as a plain decimal string: no exponent, no trailing zeros.
+
+    >>> format_number(5.0), format_number(1e16), format_number(0.00005), format_number(-2.50)
+    ('5', '10000000000000000', '0.00005', '-2.5')
+    """
+    if not isinstance(value, Decimal):
+        try:
+            value = Decimal(repr(float(value))) if isinstance(value, float) else Decimal(value)
+        except InvalidOperation as exc:
+            raise ValueError(f"not a finite number: {value!r}") from exc
+    if not value.is_finite():
+        raise ValueError(f"not a finite number: {value!r}")
     if value == 0:
         return "0"
-    if float(value).is_integer() and abs(value) < 1e16:
+    if value == value.to_integral_value():
         return str(int(value))
-    return f"{value:.10g}"
+    return format(value.normalize(), "f")
 
 
-def parse_number(text: str | None) -> float | None:
-    """The value of `text` if it is exactly one number (after normalisation)."""
+def _decimal_of(text: str | None) -> Decimal | None:
     if text is None:
         return None
     cleaned = text.strip().rstrip(".").strip()
     m = _NUMBER.fullmatch(cleaned)
     if m is None or not (m.group("int") or m.group("dec")):
         return None
-    return _to_float(m)
+    return _to_decimal(m)
+
+
+def parse_number(text: str | None) -> float | None:
+    """The value of `text` if it is exactly one number (after normalisation)."""
+    value = _decimal_of(text)
+    return None if value is None else float(value)
+
+
+def _delatex(span: str) -> str:
+    """Simple LaTeX to plain text: \\frac{a}{b} -> a/b, \\$ -> $, \\% -> %."""
+    span = _LATEX_FRAC.sub(r"\1/\2", span)
+    return span.replace("\\$", "$").replace("\\%", "%").replace("\\!", "").replace("\\,", "")
+
+
+def _balanced(text: str) -> bool:
+    depth = 0
+    for ch in text:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            return False
+    return depth == 0
 
 
 def normalize_answer(text: str | None) -> str | None:
     """Canonical form of an answer span: a number as a plain decimal string,
-    otherwise the stripped text without a trailing period; None when empty."""
+    otherwise the stripped text without a trailing period; None when empty.
+    A single number with only words around it is that number
+    (``"$18 per day"`` -> ``"18"``); an expression stays text (``"x^2"``)."""
     if text is None:
         return None
-    span = text.strip().strip("*").strip()
+    span = _delatex(text.strip().strip("*").strip())
+    while len(span) >= 2 and span[0] == "{" and span[-1] == "}" and _balanced(span[1:-1]):
+        span = span[1:-1].strip()
     if not span:
         return None
-    value = parse_number(span)
+    value = _decimal_of(span)
     if value is not None:
         return format_number(value)
     numbers = _numbers(span)
-    if len(numbers) == 1:  # "[[ $18 per day ]]" -> "18"
+    if len(numbers) == 1 and not _EXPRESSION_CHARS & set(span):
         return numbers[0]
     return span.rstrip(".").strip() or None
 
@@ -111,13 +153,18 @@ def _boxed_contents(text: str) -> list[str]:
     return out
 
 
-def _first_number_or_span(span: str) -> str | None:
-    """For 'Answer: 42 apples. Then ...': the first number after the marker."""
-    line = span.strip().splitlines()[0] if span.strip() else ""
+def _after_last_marker(text: str, marker: re.Pattern) -> str | None:
+    """The answer after the last `marker`: to the end of its line, and for
+    'Answer: 3 + 4 = 7' the result after the last '='; the first number there,
+    else the normalised span."""
+    matches = list(marker.finditer(text))
+    if not matches:
+        return None
+    span = text[matches[-1].end():].lstrip()
+    line = span.splitlines()[0] if span else ""
+    line = line.rsplit("=", 1)[-1]
     numbers = _numbers(line)
-    if numbers:
-        return numbers[0]
-    return normalize_answer(line)
+    return numbers[0] if numbers else normalize_answer(line)
 
 
 def extract_answer(text: str | None) -> str | None:
@@ -140,11 +187,10 @@ def extract_answer(text: str | None) -> str | None:
         answer = normalize_answer(content)
         if answer is not None:
             return answer
-    for pattern in (_ANSWER_COLON, _HASHES):
-        for m in reversed(list(pattern.finditer(text))):
-            answer = _first_number_or_span(m.group(1))
-            if answer is not None:
-                return answer
+    for marker in (_ANSWER_MARKER, _HASHES_MARKER):
+        answer = _after_last_marker(text, marker)
+        if answer is not None:
+            return answer
     numbers = _numbers(text)
     return numbers[-1] if numbers else None
 
@@ -158,7 +204,7 @@ def is_correct(prediction: str | None, gold: str | float | int | None, *, rel_to
     """
     if prediction is None or gold is None:
         return False
-    gold_text = format_number(float(gold)) if isinstance(gold, (int, float)) else str(gold)
+    gold_text = format_number(gold) if isinstance(gold, (int, float)) else str(gold)
     pred_value, gold_value = parse_number(str(prediction)), parse_number(gold_text)
     if pred_value is not None and gold_value is not None:
         return math.isclose(pred_value, gold_value, rel_tol=rel_tol, abs_tol=1e-9)

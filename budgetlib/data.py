@@ -19,7 +19,7 @@ from . import synthetic
 from .answers import format_number, normalize_answer
 from .paths import data_dirs
 
-__all__ = ["Problem", "DataError", "load", "KNOWN_DATASETS", "gold_from_answer"]
+__all__ = ["Problem", "DataError", "load", "load_available", "KNOWN_DATASETS", "gold_from_answer"]
 
 HUB_SOURCES = {"gsm8k": ("openai/gsm8k", "main")}
 KNOWN_DATASETS = ("gsm8k", "gsm8k-zero", "synthetic")
@@ -185,3 +185,16 @@ def _problems(rows: Iterable[tuple[str, Any]], *, source: str, split: str,
         seen.add(pid)
         problems.append(Problem(pid, question, gold, source))
     return problems
+
+
+def load_available(specs: dict[str, tuple[str, int | None]]) -> tuple[dict[str, list[Problem]], dict[str, str]]:
+    """Load each ``name: (split, limit)`` that is reachable. Returns the loaded
+    sets and, for the others, why they were skipped (for notebooks, which
+    skip an unreachable dataset visibly instead of failing)."""
+    loaded, skipped = {}, {}
+    for name, (split, limit) in specs.items():
+        try:
+            loaded[name] = load(name, split, limit)
+        except DataError as exc:
+            skipped[name] = str(exc)
+    return loaded, skipped

@@ -60,7 +60,7 @@ def _one_problem(rng: random.Random, steps: int, max_number: int) -> tuple[str, 
     return " ".join(sentences), total
 
 
-def generate(split: str, n: int | None = None, *, steps: int = 1, max_number: int = 20,
+def generate(split: str, n: int | None = None, *, steps: int = 1, max_number: int = 10,
              seed: int = 0) -> list[tuple[str, str]]:
     """`n` (question, gold answer) pairs of the given split, deterministic in
     (split, n, steps, max_number, seed); a prefix of a larger `n` is the same."""
