@@ -1,0 +1,273 @@
+"""Optimal token-budget search (TALE), batched across questions.
+
+For each question: β0 = its vanilla-CoT output length. Then
+
+- ``halving`` (TALE's greedy, the default): try ⌊β/2⌋ while it is feasible
+  and ≥ `min_budget`; stop at the first infeasible candidate.
+- ``binary`` (our extension): bisect between 0 (infeasible by definition) and
+  β0 (feasible: the vanilla answer) until ``hi - lo <= tolerance``; candidates
+  below `min_budget` count as infeasible without asking the model.
+
+Feasible(β) is ``correct`` (the budgeted answer is right), or with
+``elastic`` (TALE's default) also strictly fewer output tokens than at the
+last accepted budget — starting from the vanilla length.
+
+A question whose vanilla CoT is wrong has no optimal budget: it stays in the
+results with its reason. When no candidate below β0 is feasible, the optimal
+budget is β0 with ``reduced = False`` and the vanilla answer's text/tokens.
+
+`search_budgets` sends every still-searching question's next candidate in one
+backend call per round; `search_budgets_sequential` is the plain
+one-question-at-a-time reference (what the peer code does). Both drive the
+same per-question state machine, so with a deterministic backend they return
+identical results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+from .answers import extract_answer, is_correct
+from .backends.base import Backend, Generation
+from .data import Problem
+from .prompts import BUDGETED_COT, VANILLA_COT
+from .runs import RunError, read_jsonl
+
+__all__ = ["SearchConfig", "TraceStep", "BudgetSearchResult", "search_budgets", "search_budgets_sequential",
+           "STRATEGIES", "FEASIBILITIES"]
+
+log = logging.getLogger(__name__)
+STRATEGIES = ("halving", "binary")
+FEASIBILITIES = ("elastic", "correct")
+NO_VANILLA = "vanilla CoT answer is wrong"
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    strategy: Literal["halving", "binary"] = "halving"
+    feasibility: Literal["elastic", "correct"] = "elastic"
+    min_budget: int = 1
+    tolerance: int = 1
+    max_new_tokens: int = 512
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.feasibility not in FEASIBILITIES:
+            raise ValueError(f"feasibility must be one of {FEASIBILITIES}, got {self.feasibility!r}")
+        for name in ("min_budget", "tolerance", "max_new_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+@dataclass(frozen=True)
+class TraceStep:
+    budget: int
+    output_tokens: int
+    correct: bool
+    feasible: bool
+
+
+@dataclass
+class BudgetSearchResult:
+    id: str
+    vanilla_tokens: int
+    vanilla_correct: bool
+    optimal_budget: int | None
+    output_tokens: int
+    output_text: str
+    reduced: bool
+    trace: list[TraceStep] = field(default_factory=list)
+    reason: str | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "BudgetSearchResult":
+        fields = {k: v for k, v in row.items() if k in cls.__dataclass_fields__}
+        fields["trace"] = [TraceStep(**step) for step in row["trace"]]
+        return cls(**fields)
+
+
+class _QuestionSearch:
+    """The search state of one question: ask `next_budget()`, then `observe()`."""
+
+    def __init__(self, problem: Problem, vanilla: Generation, config: SearchConfig):
+        self.problem, self.config = problem, config
+        self.vanilla_tokens = vanilla.n_output_tokens
+        self.vanilla_correct = is_correct(extract_answer(vanilla.text), problem.answer)
+        self.trace: list[TraceStep] = []
+        self.best_budget, self.best = self.vanilla_tokens, vanilla
+        self.last_tokens = self.vanilla_tokens  # output tokens at the last accepted budget
+        self.lo, self.hi = 0, self.vanilla_tokens  # binary: lo infeasible, hi feasible
+        self.done = not self.vanilla_correct
+        self.pending: int | None = None
+
+    def next_budget(self) -> int | None:
+        """The next candidate budget, or None when the search has ended."""
+        if self.done:
+            return None
+        if self.config.strategy == "halving":
+            candidate = self.best_budget // 2
+            if candidate < self.config.min_budget:
+                self.done = True
+                return None
+        else:
+            while True:
+                if self.hi - self.lo <= self.config.tolerance:
+                    self.done = True
+                    return None
+                candidate = (self.lo + self.hi) // 2
+                if candidate >= self.config.min_budget:
+                    break
+                self.lo = candidate  # below the floor: infeasible without asking
+        self.pending = candidate
+        return candidate
+
+    def observe(self, gen: Generation) -> None:
+        budget, self.pending = self.pending, None
+        if budget is None:
+            raise RuntimeError("observe() without a pending candidate")
+        correct = is_correct(extract_answer(gen.text), self.problem.answer)
+        feasible = correct and (self.config.feasibility == "correct" or gen.n_output_tokens < self.last_tokens)
+        self.trace.append(TraceStep(budget, gen.n_output_tokens, correct, feasible))
+        if feasible:
+            self.best_budget, self.best, self.last_tokens = budget, gen, gen.n_output_tokens
+            self.hi = budget
+        elif self.config.strategy == "halving":
+            self.done = True
+        else:
+            self.lo = budget
+
+    def result(self) -> BudgetSearchResult:
+        if not self.vanilla_correct:
+            return BudgetSearchResult(self.problem.id, self.vanilla_tokens, False, None, self.best.n_output_tokens,
+                                      self.best.text, False, [], NO_VANILLA)
+        reduced = self.best_budget < self.vanilla_tokens
+        return BudgetSearchResult(self.problem.id, self.vanilla_tokens, True, self.best_budget,
+                                  self.best.n_output_tokens, self.best.text, reduced, self.trace,
+                                  None if reduced else "no smaller budget was feasible")
+
+
+def _fingerprint(backend: Backend, config: SearchConfig) -> str:
+    payload = {"backend": backend.identity(), "config": asdict(config),
+               "templates": [VANILLA_COT.text, BUDGETED_COT.text]}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class _ResultsFile:
+    """Finished results as JSONL, one line per question, tagged with the
+    search fingerprint; a file from another model/config is refused."""
+
+    def __init__(self, path: str | Path | None, fingerprint: str):
+        self.path, self.fingerprint = (Path(path) if path is not None else None), fingerprint
+        self.done: dict[str, BudgetSearchResult] = {}
+        if self.path is None:
+            return
+        for lineno, row in enumerate(read_jsonl(self.path, repair=True), start=1):
+            if row.get("search_fingerprint") != fingerprint:
+                raise RunError(f"{self.path}:{lineno}: results of a different model or search config "
+                               f"(fingerprint {row.get('search_fingerprint')!r}, this search {fingerprint!r}); "
+                               "use another results file")
+            self.done[row["id"]] = BudgetSearchResult.from_row(row)
+
+    def write(self, results: Sequence[BudgetSearchResult]) -> None:
+        for r in results:
+            self.done[r.id] = r
+        if self.path is None or not results:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as f:
+            for r in results:
+                f.write(json.dumps({**r.to_row(), "search_fingerprint": self.fingerprint}, ensure_ascii=False) + "\n")
+            f.flush()
+
+
+def _check_inputs(problems: Sequence[Problem]) -> None:
+    if not problems:
+        raise ValueError("no problems to search")
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        raise ValueError("problem ids must be unique")
+
+
+def _generate(backend: Backend, prompts: list[str], max_new_tokens: int, batch_size: int | None) -> list[Generation]:
+    out: list[Generation] = []
+    step = batch_size or max(len(prompts), 1)
+    for start in range(0, len(prompts), step):
+        chunk = prompts[start:start + step]
+        gens = backend.generate(chunk, max_new_tokens=max_new_tokens)
+        if len(gens) != len(chunk):
+            raise RuntimeError(f"backend {backend.model_id!r} returned {len(gens)} generations for "
+                               f"{len(chunk)} prompts")
+        out.extend(gens)
+    return out
+
+
+def _chunks(items: Sequence, size: int | None) -> Iterator[Sequence]:
+    step = size or max(len(items), 1)
+    for start in range(0, len(items), step):
+        yield items[start:start + step]
+
+
+def search_budgets(backend: Backend, problems: Sequence[Problem], *, strategy: str = "halving",
+                   feasibility: str = "elastic", min_budget: int = 1, tolerance: int = 1,
+                   max_new_tokens: int = 512, batch_size: int | None = None, group_size: int | None = 1024,
+                   results_path: str | Path | None = None, progress: bool = True) -> list[BudgetSearchResult]:
+    """Batched search: each round sends every still-searching question's next
+    candidate to the backend in one call (or calls of at most `batch_size`
+    prompts). Questions enter in groups of `group_size` (None: all at once)
+    so a long run writes results early. Results come back in problem order;
+    with `results_path` finished questions are appended as JSONL as they
+    finish, and a rerun skips them."""
+    from tqdm.auto import tqdm
+
+    config = SearchConfig(strategy, feasibility, min_budget, tolerance, max_new_tokens)  # type: ignore[arg-type]
+    _check_inputs(problems)
+    store = _ResultsFile(results_path, _fingerprint(backend, config))
+    todo = [p for p in problems if p.id not in store.done]
+    bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"search ({strategy}, {feasibility})",
+               disable=not progress, leave=False)
+    for group in _chunks(todo, group_size):
+        vanilla = _generate(backend, [VANILLA_COT.render(p.question) for p in group], max_new_tokens, batch_size)
+        active = [_QuestionSearch(p, g, config) for p, g in zip(group, vanilla)]
+        while active:
+            asked = [(s, s.next_budget()) for s in active]
+            finished = [s for s, b in asked if b is None]
+            store.write([s.result() for s in finished])
+            bar.update(len(finished))
+            active = [s for s, b in asked if b is not None]
+            if not active:
+                break
+            gens = _generate(backend, [BUDGETED_COT.render(s.problem.question, s.pending) for s in active],
+                             max_new_tokens, batch_size)
+            for s, g in zip(active, gens):
+                s.observe(g)
+    bar.close()
+    return [store.done[p.id] for p in problems]
+
+
+def search_budgets_sequential(backend: Backend, problems: Sequence[Problem], *, strategy: str = "halving",
+                              feasibility: str = "elastic", min_budget: int = 1, tolerance: int = 1,
+                              max_new_tokens: int = 512, results_path: str | Path | None = None
+                              ) -> list[BudgetSearchResult]:
+    """The reference: one question at a time, one candidate per backend call."""
+    config = SearchConfig(strategy, feasibility, min_budget, tolerance, max_new_tokens)  # type: ignore[arg-type]
+    _check_inputs(problems)
+    store = _ResultsFile(results_path, _fingerprint(backend, config))
+    for p in problems:
+        if p.id in store.done:
+            continue
+        state = _QuestionSearch(p, _generate(backend, [VANILLA_COT.render(p.question)], max_new_tokens, 1)[0],
+                                config)
+        while (budget := state.next_budget()) is not None:
+            state.observe(_generate(backend, [BUDGETED_COT.render(p.question, budget)], max_new_tokens, 1)[0])
+        store.write([state.result()])
+    return [store.done[p.id] for p in problems]

@@ -1,0 +1,181 @@
+import hashlib
+import itertools
+import json
+import re
+
+import pytest
+
+from budgetlib.backends import FakeBackend
+from budgetlib.data import Problem
+from budgetlib.runs import RunError
+from budgetlib.search import (BudgetSearchResult, SearchConfig, TraceStep, search_budgets,
+                              search_budgets_sequential)
+
+BUDGET = re.compile(r"use less than (\d+) tokens")
+
+
+def problem(i):
+    return Problem(f"q:{i}", f"Question number {i}: what is {i} plus one?", str(i + 1), "q")
+
+
+def scripted(prompt, max_new_tokens, temperature, seed, prefix):
+    """Deterministic, deliberately non-monotone: whether a budget works and
+    how long the answer is depend on a hash of (question, budget)."""
+    q = prompt.split("\n")[0]
+    i = int(re.search(r"number (\d+)", q).group(1))
+    m = BUDGET.search(prompt)
+    h = hashlib.sha256(f"{q}|{m.group(1) if m else 'vanilla'}".encode()).digest()
+    if m is None:
+        length, right = 20 + h[0] % 200, h[1] % 5 != 0
+    else:
+        budget = int(m.group(1))
+        length = max(1, min(budget + h[0] % 7 - 3, 250)) if h[2] % 4 else 30 + h[0] % 150
+        right = h[1] % 3 != 0
+    answer = i + 1 if right else i + 2
+    return " ".join(["w"] * (length - 2)) + f" Answer: [[{answer}]]"
+
+
+PROBLEMS = [problem(i) for i in range(300)]
+
+
+@pytest.mark.parametrize(("strategy", "feasibility"), list(itertools.product(("halving", "binary"),
+                                                                              ("elastic", "correct"))))
+def test_batched_equals_sequential(strategy, feasibility):
+    kw = dict(strategy=strategy, feasibility=feasibility, max_new_tokens=256, min_budget=2, tolerance=3)
+    batched_backend = FakeBackend(scripted)
+    batched = search_budgets(batched_backend, PROBLEMS, batch_size=64, group_size=128, progress=False, **kw)
+    sequential = search_budgets_sequential(FakeBackend(scripted), PROBLEMS, **kw)
+    assert batched == sequential
+    assert max(len(c) for c in batched_backend.calls) == 64
+    # the scripted model makes every kind of outcome appear
+    assert {r.reason for r in batched} >= {None, "vanilla CoT answer is wrong", "no smaller budget was feasible"}
+    assert any(not s.feasible and s.correct for r in batched for s in r.trace) == (feasibility == "elastic")
+
+
+def answers_with(tokens_by_budget, vanilla_tokens, correct_budgets):
+    def respond(prompt, *args):
+        m = BUDGET.search(prompt)
+        if m is None:
+            return " ".join(["w"] * (vanilla_tokens - 1)) + " [[2]]"
+        b = int(m.group(1))
+        right = b in correct_budgets
+        return " ".join(["w"] * (tokens_by_budget[b] - 1)) + (" [[2]]" if right else " [[3]]")
+    return FakeBackend(respond)
+
+
+ONE = [Problem("p", "What is 1 plus 1?", "2", "t")]
+
+
+def test_halving_follows_tale_and_stops_at_first_infeasible():
+    # vanilla 100 tokens; 50 ok (60 tokens), 25 ok (30 tokens), 12 wrong
+    backend = answers_with({50: 60, 25: 30, 12: 10, 6: 5}, 100, {50, 25, 6})
+    (r,) = search_budgets(backend, ONE, progress=False)
+    assert (r.optimal_budget, r.output_tokens, r.reduced, r.vanilla_tokens) == (25, 30, True, 100)
+    assert r.trace == [TraceStep(50, 60, True, True), TraceStep(25, 30, True, True), TraceStep(12, 10, False, False)]
+
+
+def test_elastic_rejects_a_longer_answer_that_correct_accepts():
+    # budget 25 is answered correctly but LONGER than at 50: token elasticity
+    backend = answers_with({50: 40, 25: 70, 12: 20, 6: 5, 3: 3, 1: 1}, 100, {50, 25, 12, 6, 3, 1})
+    (elastic,) = search_budgets(backend, ONE, progress=False)
+    assert elastic.optimal_budget == 50 and elastic.trace[-1] == TraceStep(25, 70, True, False)
+    (plain,) = search_budgets(backend, ONE, feasibility="correct", progress=False)
+    assert plain.optimal_budget == 1  # keeps halving down to min_budget
+    assert [s.budget for s in plain.trace] == [50, 25, 12, 6, 3, 1]
+
+
+def test_binary_bisects_to_tolerance():
+    tokens = {b: b for b in range(1, 101)}
+    backend = answers_with(tokens, 100, set(range(17, 101)))  # feasible iff budget >= 17
+    (r,) = search_budgets(backend, ONE, strategy="binary", feasibility="correct", progress=False)
+    assert r.optimal_budget == 17 and r.reduced
+    assert [s.budget for s in r.trace] == [50, 25, 12, 18, 15, 16, 17]
+    (coarse,) = search_budgets(backend, ONE, strategy="binary", feasibility="correct", tolerance=10,
+                               progress=False)
+    assert coarse.optimal_budget == 18 and [s.budget for s in coarse.trace] == [50, 25, 12, 18]
+
+
+def test_no_feasible_candidate_keeps_vanilla():
+    backend = answers_with({50: 10, 25: 10}, 100, set())
+    (r,) = search_budgets(backend, ONE, progress=False)
+    assert (r.optimal_budget, r.reduced, r.output_tokens) == (100, False, 100)
+    assert r.output_text.endswith("[[2]]") and r.reason == "no smaller budget was feasible"
+
+
+def test_wrong_vanilla_is_kept_with_reason():
+    backend = FakeBackend(lambda *a: "w w Answer: [[7]]")
+    (r,) = search_budgets(backend, ONE, progress=False)
+    assert r.optimal_budget is None and r.vanilla_correct is False and r.reason == "vanilla CoT answer is wrong"
+    assert r.trace == [] and len(backend.calls) == 1
+
+
+def test_min_budget_floor():
+    backend = answers_with({b: 1 for b in range(1, 9)}, 8, set(range(1, 9)))
+    (r,) = search_budgets(backend, ONE, feasibility="correct", min_budget=2, progress=False)
+    assert [s.budget for s in r.trace] == [4, 2] and r.optimal_budget == 2
+
+
+class Dies(FakeBackend):
+    def __init__(self, respond, after):
+        super().__init__(respond)
+        self.after = after
+
+    def generate(self, prompts, **kw):
+        if len(self.calls) >= self.after:
+            raise KeyboardInterrupt("killed")
+        return super().generate(prompts, **kw)
+
+
+def test_killed_run_resumes_to_identical_results(tmp_path):
+    path = tmp_path / "items.jsonl"
+    kw = dict(max_new_tokens=256, batch_size=16, group_size=40, progress=False)
+    full = search_budgets(FakeBackend(scripted), PROBLEMS[:120], **kw)
+    with pytest.raises(KeyboardInterrupt):
+        search_budgets(Dies(scripted, after=9), PROBLEMS[:120], results_path=path, **kw)
+    written = [json.loads(line) for line in path.read_text().splitlines()]
+    assert 0 < len(written) < 120
+    with path.open("a") as f:
+        f.write('{"id": "q:99", "vanilla_tok')  # a write cut off mid-line
+    resumed_backend = FakeBackend(scripted)
+    resumed = search_budgets(resumed_backend, PROBLEMS[:120], results_path=path, **kw)
+    assert resumed == full
+    lines = path.read_text().splitlines()
+    assert sorted(json.loads(l)["id"] for l in lines) == sorted(p.id for p in PROBLEMS[:120])
+    # a third run does nothing and reads everything back
+    again = FakeBackend(scripted)
+    assert search_budgets(again, PROBLEMS[:120], results_path=path, **kw) == full and again.calls == []
+    assert search_budgets_sequential(again, PROBLEMS[:120], results_path=path, max_new_tokens=256) == full
+
+
+def test_results_from_another_config_are_refused(tmp_path):
+    path = tmp_path / "items.jsonl"
+    search_budgets(FakeBackend(scripted), PROBLEMS[:5], results_path=path, progress=False)
+    with pytest.raises(RunError, match="different model or search config"):
+        search_budgets(FakeBackend(scripted), PROBLEMS[:5], results_path=path, strategy="binary", progress=False)
+    with pytest.raises(RunError, match="different model or search config"):
+        search_budgets(FakeBackend(scripted, model_id="other"), PROBLEMS[:5], results_path=path, progress=False)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="min_budget must be a positive integer"):
+        search_budgets(FakeBackend(), ONE, min_budget=0)
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        search_budgets(FakeBackend(), ONE, strategy="ternary")
+    with pytest.raises(ValueError, match="no problems"):
+        search_budgets(FakeBackend(), [])
+    with pytest.raises(ValueError, match="unique"):
+        search_budgets(FakeBackend(), ONE + ONE)
+
+    class Short(FakeBackend):
+        def generate(self, prompts, **kw):
+            return super().generate(prompts, **kw)[:-1]
+
+    with pytest.raises(RuntimeError, match="returned 1 generations for 2 prompts"):
+        search_budgets(Short(scripted), PROBLEMS[:2], progress=False)
+
+
+def test_result_row_round_trip():
+    r = BudgetSearchResult("a", 10, True, 5, 4, "t", True, [TraceStep(5, 4, True, True)])
+    assert BudgetSearchResult.from_row(json.loads(json.dumps(r.to_row()))) == r
+    with pytest.raises(ValueError):
+        SearchConfig(tolerance=0)
