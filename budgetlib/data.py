@@ -187,14 +187,15 @@ def _problems(rows: Iterable[tuple[str, Any]], *, source: str, split: str,
     return problems
 
 
-def load_available(specs: dict[str, tuple[str, int | None]]) -> tuple[dict[str, list[Problem]], dict[str, str]]:
-    """Load each ``name: (split, limit)`` that is reachable. Returns the loaded
-    sets and, for the others, why they were skipped (for notebooks, which
-    skip an unreachable dataset visibly instead of failing)."""
+def load_available(specs: dict[str, tuple[str, str, int | None]]
+                   ) -> tuple[dict[str, list[Problem]], dict[str, str]]:
+    """Load each ``label: (name_or_path, split, limit)`` that is reachable.
+    Returns the loaded sets and, for the others, why they were skipped (for
+    notebooks, which skip an unreachable dataset visibly instead of failing)."""
     loaded, skipped = {}, {}
-    for name, (split, limit) in specs.items():
+    for label, (name, split, limit) in specs.items():
         try:
-            loaded[name] = load(name, split, limit)
+            loaded[label] = load(name, split, limit)
         except DataError as exc:
-            skipped[name] = str(exc)
+            skipped[label] = str(exc)
     return loaded, skipped

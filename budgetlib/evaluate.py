@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .answers import extract_answer, is_correct
-from .backends.base import Backend
+from .backends.base import Backend, generate_in_batches
 from .data import Problem
 from .prompts import BUDGETED_COT, DIRECT, VANILLA_COT, PromptTemplate
 from .runs import Run, start_run
@@ -110,10 +110,7 @@ def evaluate(backend: Backend, problems: Sequence[Problem], method: Method, *, m
     todo = [p for p in problems if p.id not in done]
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start:start + chunk_size]
-        gens = backend.generate([method.prompt(p) for p in chunk], max_new_tokens=max_new_tokens)
-        if len(gens) != len(chunk):
-            raise RuntimeError(f"backend {backend.model_id!r} returned {len(gens)} generations "
-                               f"for {len(chunk)} prompts")
+        gens = generate_in_batches(backend, [method.prompt(p) for p in chunk], max_new_tokens=max_new_tokens)
         rows = []
         for p, g in zip(chunk, gens):
             prediction = extract_answer(g.text)

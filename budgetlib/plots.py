@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["redundancy_figure", "save"]
+__all__ = ["redundancy_figure", "elasticity_figure", "budget_histogram", "search_trace_figure", "save"]
 
 
 def save(fig, path: str | Path | None) -> None:
@@ -47,6 +47,89 @@ def redundancy_figure(summary, path: str | Path | None = None, title: str | None
     ax_tok.legend(fontsize=8, loc="upper left")
     if title:
         fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path)
+    return fig
+
+
+def elasticity_figure(summary, path: str | Path | None = None, title: str | None = None):
+    """Three panels over the stated budget (log scale): actual output tokens
+    (mean and median) against the y = x line, accuracy, and the share of
+    answers within budget. `summary` as from `elasticity.sweep_summary`."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_tok, ax_acc, ax_in) = plt.subplots(1, 3, figsize=(13, 3.8))
+    b = summary["budget"]
+    ax_tok.plot(b, summary["mean_output_tokens"], "o-", label="mean output tokens")
+    ax_tok.plot(b, summary["median_output_tokens"], "s--", label="median output tokens")
+    ax_tok.plot(b, b, "k:", label="y = x (the stated budget)")
+    ax_tok.set_ylabel("actual output tokens")
+    ax_tok.legend(fontsize=8)
+    ax_acc.plot(b, summary["accuracy"], "o-")
+    ax_acc.set_ylabel("accuracy")
+    ax_acc.set_ylim(0, 1)
+    ax_in.plot(b, summary["within_budget"], "o-")
+    ax_in.set_ylabel("share of answers within budget")
+    ax_in.set_ylim(0, 1)
+    for ax in (ax_tok, ax_acc, ax_in):
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("stated budget β (tokens)")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path)
+    return fig
+
+
+def budget_histogram(frames: dict, path: str | Path | None = None, title: str | None = None):
+    """Per dataset: histogram of optimal budgets next to vanilla CoT lengths,
+    over the questions that have an optimal budget. `frames` maps a dataset
+    name to `search.results_frame(...)`."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(frames), figsize=(4.2 * len(frames), 3.6), squeeze=False)
+    for ax, (name, frame) in zip(axes[0], frames.items()):
+        searched = frame[frame["optimal_budget"].notna()]
+        ax.set_title(f"{name} ({len(searched)} searched of {len(frame)})", fontsize=9)
+        if searched.empty:
+            ax.text(0.5, 0.5, "no question had a correct\nvanilla answer", ha="center", va="center",
+                    transform=ax.transAxes)
+            continue
+        top = max(searched["vanilla_tokens"].max(), 1)
+        bins = np.linspace(0, top, 12)
+        ax.hist(searched["vanilla_tokens"], bins=bins, alpha=0.6, label="vanilla CoT length β0")
+        ax.hist(searched["optimal_budget"], bins=bins, alpha=0.6, label="optimal budget β*")
+        ax.set_xlabel("tokens")
+    axes[0][0].set_ylabel("questions")
+    axes[0][0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path)
+    return fig
+
+
+def search_trace_figure(results, path: str | Path | None = None, title: str | None = None, max_lines: int = 12):
+    """TALE's elasticity figure: per question (one line each), actual output
+    tokens against search round (round 0 = vanilla CoT; each later round
+    states a smaller budget). Hollow markers: infeasible candidates."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    shown = [r for r in results if r.trace][:max_lines]
+    for r in shown:
+        rounds = list(range(len(r.trace) + 1))
+        tokens = [r.vanilla_tokens] + [s.output_tokens for s in r.trace]
+        (line,) = ax.plot(rounds, tokens, "-", alpha=0.8)
+        for k, s in enumerate(r.trace, start=1):
+            ax.plot(k, s.output_tokens, "o", color=line.get_color(), fillstyle="full" if s.feasible else "none")
+    ax.set_xlabel("search round (budget halves each round)")
+    ax.set_ylabel("actual output tokens")
+    if not shown:
+        ax.text(0.5, 0.5, "no question was searched", ha="center", va="center", transform=ax.transAxes)
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     save(fig, path)
     return fig

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from .paths import project_root
 
-__all__ = ["Run", "RunError", "start_run", "config_hash", "environment_info", "results_root", "read_jsonl"]
+__all__ = ["Run", "RunError", "start_run", "open_run", "config_hash", "environment_info", "results_root", "read_jsonl"]
 
 log = logging.getLogger(__name__)
 VERSIONED = ("budgetlib", "torch", "transformers", "trl", "peft", "datasets", "numpy", "pandas")
@@ -171,8 +171,13 @@ def start_run(step: str, config: dict[str, Any], *, metadata: dict[str, Any] | N
     (`metadata` merged over `environment_info()`); an existing one must have the
     same config and is resumed."""
     root = Path(root) if root is not None else results_root()
-    run_id = run_id or config_hash(config)
-    run_dir = root / step / run_id
+    return open_run(root / step / (run_id or config_hash(config)), config, metadata=metadata)
+
+
+def open_run(run_dir: str | Path, config: dict[str, Any], *, metadata: dict[str, Any] | None = None) -> Run:
+    """Open the run directory `run_dir` for `config`: set it up when new,
+    resume it when it holds the same config, refuse it otherwise."""
+    run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     normalised = json.loads(json.dumps(config, sort_keys=True, default=str))
     if config_path.exists():

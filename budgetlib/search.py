@@ -33,12 +33,13 @@ from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
 from .answers import extract_answer, is_correct
-from .backends.base import Backend, Generation
+from .backends.base import Backend, Generation, generate_in_batches
 from .data import Problem
 from .prompts import BUDGETED_COT, VANILLA_COT
 from .runs import RunError, read_jsonl
 
 __all__ = ["SearchConfig", "TraceStep", "BudgetSearchResult", "search_budgets", "search_budgets_sequential",
+           "search_run", "summarize_search", "results_frame",
            "STRATEGIES", "FEASIBILITIES"]
 
 log = logging.getLogger(__name__)
@@ -198,19 +199,6 @@ def _check_inputs(problems: Sequence[Problem]) -> None:
         raise ValueError("problem ids must be unique")
 
 
-def _generate(backend: Backend, prompts: list[str], max_new_tokens: int, batch_size: int | None) -> list[Generation]:
-    out: list[Generation] = []
-    step = batch_size or max(len(prompts), 1)
-    for start in range(0, len(prompts), step):
-        chunk = prompts[start:start + step]
-        gens = backend.generate(chunk, max_new_tokens=max_new_tokens)
-        if len(gens) != len(chunk):
-            raise RuntimeError(f"backend {backend.model_id!r} returned {len(gens)} generations for "
-                               f"{len(chunk)} prompts")
-        out.extend(gens)
-    return out
-
-
 def _chunks(items: Sequence, size: int | None) -> Iterator[Sequence]:
     step = size or max(len(items), 1)
     for start in range(0, len(items), step):
@@ -236,7 +224,8 @@ def search_budgets(backend: Backend, problems: Sequence[Problem], *, strategy: s
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"search ({strategy}, {feasibility})",
                disable=not progress, leave=False)
     for group in _chunks(todo, group_size):
-        vanilla = _generate(backend, [VANILLA_COT.render(p.question) for p in group], max_new_tokens, batch_size)
+        vanilla = generate_in_batches(backend, [VANILLA_COT.render(p.question) for p in group],
+                                      max_new_tokens=max_new_tokens, batch_size=batch_size)
         active = [_QuestionSearch(p, g, config) for p, g in zip(group, vanilla)]
         while active:
             asked = [(s, s.next_budget()) for s in active]
@@ -246,8 +235,8 @@ def search_budgets(backend: Backend, problems: Sequence[Problem], *, strategy: s
             active = [s for s, b in asked if b is not None]
             if not active:
                 break
-            gens = _generate(backend, [BUDGETED_COT.render(s.problem.question, s.pending) for s in active],
-                             max_new_tokens, batch_size)
+            gens = generate_in_batches(backend, [BUDGETED_COT.render(s.problem.question, s.pending) for s in active],
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size)
             for s, g in zip(active, gens):
                 s.observe(g)
     bar.close()
@@ -265,9 +254,67 @@ def search_budgets_sequential(backend: Backend, problems: Sequence[Problem], *, 
     for p in problems:
         if p.id in store.done:
             continue
-        state = _QuestionSearch(p, _generate(backend, [VANILLA_COT.render(p.question)], max_new_tokens, 1)[0],
-                                config)
+        (vanilla,) = generate_in_batches(backend, [VANILLA_COT.render(p.question)], max_new_tokens=max_new_tokens)
+        state = _QuestionSearch(p, vanilla, config)
         while (budget := state.next_budget()) is not None:
-            state.observe(_generate(backend, [BUDGETED_COT.render(p.question, budget)], max_new_tokens, 1)[0])
+            (gen,) = generate_in_batches(backend, [BUDGETED_COT.render(p.question, budget)],
+                                         max_new_tokens=max_new_tokens)
+            state.observe(gen)
         store.write([state.result()])
     return [store.done[p.id] for p in problems]
+
+
+def summarize_search(results: Sequence[BudgetSearchResult]) -> dict[str, Any]:
+    """Counts and token savings. Savings are over the questions whose vanilla
+    CoT was correct (the only ones with an optimal budget), comparing the
+    answer at the optimal budget with the vanilla answer: correctness is kept
+    by construction."""
+    if not results:
+        raise ValueError("no search results to summarise")
+    searched = [r for r in results if r.optimal_budget is not None]
+    vanilla_tokens = sum(r.vanilla_tokens for r in searched)
+    optimal_tokens = sum(r.output_tokens for r in searched)
+    n = len(searched)
+    return {
+        "n": len(results),
+        "n_vanilla_correct": n,
+        "n_reduced": sum(r.reduced for r in searched),
+        "share_reduced": sum(r.reduced for r in searched) / n if n else None,
+        "mean_vanilla_tokens": vanilla_tokens / n if n else None,
+        "mean_optimal_tokens": optimal_tokens / n if n else None,
+        "mean_optimal_budget": sum(r.optimal_budget for r in searched) / n if n else None,
+        "token_saving": 1 - optimal_tokens / vanilla_tokens if vanilla_tokens else None,
+        "mean_rounds": sum(len(r.trace) for r in searched) / n if n else None,
+    }
+
+
+def results_frame(results: Sequence[BudgetSearchResult]):
+    """One row per question (pandas), without the trace and text."""
+    import pandas as pd
+
+    return pd.DataFrame([{k: v for k, v in r.to_row().items() if k not in ("trace", "output_text")} | {
+        "rounds": len(r.trace)} for r in results])
+
+
+def search_run(backend: Backend, problems: Sequence[Problem], *, dataset: str, profile: str,
+               step: str = "02_budget_search", root=None, run_dir=None, **search_kwargs: Any):
+    """`search_budgets` inside a run directory found by a hash of its config
+    (or `run_dir`): computed once, resumed if interrupted, reused afterwards.
+    Returns (results, run)."""
+    from .runs import open_run, start_run
+
+    config = {"search": asdict(SearchConfig(**{k: v for k, v in search_kwargs.items()
+                                                 if k in SearchConfig.__dataclass_fields__})),
+              "backend": backend.identity(), "dataset": dataset, "ids": [p.id for p in problems]}
+    identity = backend.identity()
+    meta = {"model": identity.get("model"), "dataset": dataset, "n": len(problems), "profile": profile,
+            "device": identity.get("device")}
+    run = (open_run(run_dir, config, metadata=meta) if run_dir is not None
+           else start_run(step, config, metadata=meta, root=root))
+    if run.finished:
+        results = [BudgetSearchResult.from_row(row) for row in run.items()]
+        by_id = {r.id: r for r in results}
+        return [by_id[p.id] for p in problems], run
+    results = search_budgets(backend, problems, results_path=run.items_path, **search_kwargs)
+    run.finish(summarize_search(results))
+    return results, run

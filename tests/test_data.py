@@ -159,9 +159,11 @@ def test_synthetic_knobs_change_problems_and_ids():
 def test_load_available_skips_with_reason(data_dir, monkeypatch):
     monkeypatch.setattr(data, "_hub_rows", lambda *a: (_ for _ in ()).throw(ConnectionError("offline")))
     monkeypatch.setattr(data, "data_dirs", lambda: [data_dir])
-    loaded, skipped = data.load_available({"gsm8k": ("test", 1), "gsm8k-zero": ("test", None),
-                                           "synthetic": ("test", 3)})
-    assert {k: len(v) for k, v in loaded.items()} == {"gsm8k": 1, "gsm8k-zero": 1, "synthetic": 3}
-    assert skipped == {}
-    loaded, skipped = data.load_available({"gsm8k": ("train", 5)})
-    assert loaded == {} and "offline" in skipped["gsm8k"]
+    loaded, skipped = data.load_available({"gsm8k": ("gsm8k", "test", 1), "zero": ("gsm8k-zero", "test", None),
+                                           "synthetic/test": ("synthetic", "test", 3),
+                                           "synthetic/train": ("synthetic", "train", 2)})
+    assert {k: len(v) for k, v in loaded.items()} == {"gsm8k": 1, "zero": 1, "synthetic/test": 3,
+                                                      "synthetic/train": 2}
+    assert skipped == {} and loaded["synthetic/train"][0].id == "synthetic:train:0"
+    loaded, skipped = data.load_available({"gsm8k/train": ("gsm8k", "train", 5)})
+    assert loaded == {} and "offline" in skipped["gsm8k/train"]

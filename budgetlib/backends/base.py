@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 
-__all__ = ["Generation", "Backend", "check_request", "prefixes_for", "PrefillUnsupported"]
+__all__ = ["Generation", "Backend", "check_request", "prefixes_for", "PrefillUnsupported", "generate_in_batches"]
 
 FinishReason = Literal["stop", "length"]
 
@@ -71,3 +71,19 @@ def prefixes_for(assistant_prefix: str | Sequence[str] | None, n: int) -> list[s
     if len(prefixes) != n:
         raise ValueError(f"got {len(prefixes)} assistant prefixes for {n} prompts")
     return prefixes
+
+
+def generate_in_batches(backend: Backend, prompts: Sequence[str], *, max_new_tokens: int,
+                        batch_size: int | None = None) -> list[Generation]:
+    """`backend.generate` in calls of at most `batch_size` prompts (None: one
+    call), checking that every call returns one generation per prompt."""
+    out: list[Generation] = []
+    step = batch_size or max(len(prompts), 1)
+    for start in range(0, len(prompts), step):
+        chunk = list(prompts[start:start + step])
+        gens = backend.generate(chunk, max_new_tokens=max_new_tokens)
+        if len(gens) != len(chunk):
+            raise RuntimeError(f"backend {backend.model_id!r} returned {len(gens)} generations for "
+                               f"{len(chunk)} prompts")
+        out.extend(gens)
+    return out

@@ -1,0 +1,73 @@
+"""Command line: the notebooks' steps headless.
+
+    python -m budgetlib search --data gsm8k --split train --model Qwen/Qwen2.5-1.5B-Instruct \\
+        --out results/02_budget_search/gsm8k-train
+
+Runs are resumable: rerun the same command after an interruption and it
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from . import data
+
+__all__ = ["main"]
+
+
+def _search(args: argparse.Namespace) -> int:
+    from .backends import CachedBackend, HFBackend
+    from .search import search_run
+
+    fields = {k: v for k, v in (("question_field", args.question_field), ("answer_field", args.answer_field),
+                                 ("id_field", args.id_field)) if v is not None}
+    problems = data.load(args.data, args.split, args.limit, **fields)
+    backend = CachedBackend(HFBackend(args.model, batch_size=args.batch_size), enabled=not args.no_cache)
+    results, run = search_run(backend, problems, dataset=f"{args.data}:{args.split}", profile=args.profile,
+                              run_dir=args.out, strategy=args.strategy, feasibility=args.feasibility,
+                              min_budget=args.min_budget, tolerance=args.tolerance,
+                              max_new_tokens=args.max_new_tokens, batch_size=args.batch_size)
+    print(json.dumps({"run_dir": str(run.dir), **run.summary()}, indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m budgetlib", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("search", help="optimal token-budget search (TALE), batched and resumable")
+    s.add_argument("--data", required=True, help=f"one of {', '.join(data.KNOWN_DATASETS)} or a .jsonl/.json path")
+    s.add_argument("--split", default="test")
+    s.add_argument("--limit", type=int, default=None, help="first N problems only")
+    s.add_argument("--question-field", nargs="+", default=None, help="for a file: question field(s)")
+    s.add_argument("--answer-field", default=None, help="for a file: answer field")
+    s.add_argument("--id-field", default=None, help="for a file: id field")
+    s.add_argument("--model", default=None, help="hub id or local path (default: the embedded SmolLM2-135M)")
+    s.add_argument("--out", default=None, help="run directory (default: results/02_budget_search/<config hash>)")
+    s.add_argument("--strategy", choices=("halving", "binary"), default="halving")
+    s.add_argument("--feasibility", choices=("elastic", "correct"), default="elastic")
+    s.add_argument("--min-budget", type=int, default=1)
+    s.add_argument("--tolerance", type=int, default=1, help="binary: stop when hi - lo <= tolerance")
+    s.add_argument("--max-new-tokens", type=int, default=512)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--profile", default="cli", help="label stored in the run metadata")
+    s.add_argument("--no-cache", action="store_true", help="do not use the on-disk generation cache")
+    s.set_defaults(func=_search)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (data.DataError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

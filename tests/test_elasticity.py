@@ -1,0 +1,75 @@
+import re
+
+import pytest
+
+from budgetlib.backends import FakeBackend
+from budgetlib.data import Problem
+from budgetlib.elasticity import budget_sweep, elastic_budgets, sweep_summary
+from budgetlib.search import BudgetSearchResult, TraceStep, search_run, summarize_search
+
+PROBLEMS = [Problem(f"p{i}", f"What is {i} plus 1?", str(i + 1), "t") for i in range(4)]
+
+
+def elastic_model(prompt, *args):
+    """Output follows the budget down to 10 tokens, then grows again (token
+    elasticity); wrong below budget 8; vanilla writes 60 tokens."""
+    i = int(re.search(r"What is (\d+)", prompt).group(1))
+    m = re.search(r"less than (\d+) tokens", prompt)
+    if m is None:
+        return " ".join(["w"] * 59) + f" [[{i + 1}]]"
+    b = int(m.group(1))
+    n = b if b >= 10 else 10 + (10 - b) * 3
+    return " ".join(["w"] * (n - 1)) + f" [[{i + 1 if b >= 8 else i}]]"
+
+
+def test_sweep_frame_and_summary():
+    frame = budget_sweep(FakeBackend(elastic_model), PROBLEMS, [4, 8, 16, 32], max_new_tokens=100)
+    assert len(frame) == 16 and set(frame.columns) >= {"id", "budget", "output_tokens", "correct", "within_budget"}
+    row = frame[(frame.id == "p1") & (frame.budget == 4)].iloc[0]
+    assert (row.output_tokens, row.correct, row.within_budget, row.vanilla_tokens) == (28, False, False, 60)
+    summary = sweep_summary(frame).set_index("budget")
+    assert summary.loc[16, "mean_output_tokens"] == 16 and summary.loc[16, "within_budget"] == 1.0
+    assert summary.loc[8, "accuracy"] == 1.0 and summary.loc[4, "accuracy"] == 0.0
+    assert summary.loc[8, "mean_output_tokens"] == 16  # 10 + 2*3: below 10 the budget stops binding
+
+
+def test_elastic_budgets_find_the_turning_point():
+    frame = budget_sweep(FakeBackend(elastic_model), PROBLEMS, [2, 4, 8, 10, 16], max_new_tokens=100)
+    eb = elastic_budgets(frame)
+    assert list(eb.elastic_budget) == [10] * 4 and list(eb.min_output_tokens) == [10] * 4 and eb.elastic.all()
+
+
+def test_sweep_rejects_bad_budgets():
+    with pytest.raises(ValueError, match="positive integers"):
+        budget_sweep(FakeBackend(), PROBLEMS, [0, 5], max_new_tokens=10)
+
+
+def test_summarize_search_counts_and_saving():
+    results = [BudgetSearchResult("a", 100, True, 25, 30, "", True, [TraceStep(50, 60, True, True)]),
+               BudgetSearchResult("b", 50, True, 50, 50, "", False, []),
+               BudgetSearchResult("c", 80, False, None, 80, "", False, [], "vanilla CoT answer is wrong")]
+    s = summarize_search(results)
+    assert (s["n"], s["n_vanilla_correct"], s["n_reduced"], s["share_reduced"]) == (3, 2, 1, 0.5)
+    assert s["token_saving"] == pytest.approx(1 - 80 / 150) and s["mean_optimal_budget"] == 37.5
+
+
+def test_search_run_is_computed_once(tmp_path):
+    first, run = search_run(FakeBackend(elastic_model), PROBLEMS, dataset="t", profile="smoke", root=tmp_path,
+                            max_new_tokens=100)
+    assert [r.optimal_budget for r in first] == [15] * 4  # 60 -> 30 -> 15 -> 7 (wrong)
+    counting = FakeBackend(elastic_model)
+    again, run2 = search_run(counting, PROBLEMS, dataset="t", profile="smoke", root=tmp_path, max_new_tokens=100)
+    assert again == first and run2.dir == run.dir and counting.calls == []
+    assert run.summary()["n_reduced"] == 4
+
+
+def test_sweep_run_reads_back_the_same_frame(tmp_path):
+    from budgetlib.elasticity import sweep_run
+
+    frame, run = sweep_run(FakeBackend(elastic_model), PROBLEMS, [4, 16], max_new_tokens=50, dataset="t",
+                           profile="smoke", root=tmp_path)
+    counting = FakeBackend(elastic_model)
+    again, run2 = sweep_run(counting, PROBLEMS, [4, 16], max_new_tokens=50, dataset="t", profile="smoke",
+                            root=tmp_path)
+    assert counting.calls == [] and run2.dir == run.dir
+    assert again.to_dict("records") == frame.to_dict("records")
