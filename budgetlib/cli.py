@@ -15,6 +15,7 @@ import logging
 import sys
 
 from . import data
+from .runs import RunError
 
 __all__ = ["main"]
 
@@ -64,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (data.DataError, FileNotFoundError, ValueError) as exc:
+    except (data.DataError, RunError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

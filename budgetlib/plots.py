@@ -64,6 +64,7 @@ def elasticity_figure(summary, path: str | Path | None = None, title: str | None
     ax_tok.plot(b, summary["median_output_tokens"], "s--", label="median output tokens")
     ax_tok.plot(b, b, "k:", label="y = x (the stated budget)")
     ax_tok.set_ylabel("actual output tokens")
+    ax_tok.set_yscale("log", base=2)
     ax_tok.legend(fontsize=8)
     ax_acc.plot(b, summary["accuracy"], "o-")
     ax_acc.set_ylabel("accuracy")

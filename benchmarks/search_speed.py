@@ -1,0 +1,133 @@
+"""Batched budget search vs the sequential reference, in one process.
+
+Runs `search_budgets` (batched: one backend call per round for every question
+still searching) and `search_budgets_sequential` (one question at a time, as
+TALE's peer code does) on the same problems and model, generation cache off,
+and prints:
+
+- the speed ratio sequential / batched, and whether both found the same budgets;
+- the batched search's generated tokens/s, next to llama.cpp serving the same
+  GGUF at one request on this machine (when `llama_cpp` is installed);
+- the search's overhead over a raw batched `generate` of exactly the prompts
+  it sent, call for call (goal: <= 10%).
+
+Appends one CSV row (machine, device, versions) to
+results/benchmarks/search_speed.csv. Cost on a 2-core CPU with the embedded
+model at the defaults: about 4 minutes.
+
+    python benchmarks/search_speed.py [--n 32] [--max-new-tokens 128] [--batch-size 32] [--model ID]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+from datetime import datetime, timezone
+
+from budgetlib import data, prompts
+from budgetlib.backends.hf import HFBackend, embedded_gguf_path
+from budgetlib.paths import project_root
+from budgetlib.runs import environment_info
+from budgetlib.search import search_budgets, search_budgets_sequential
+
+
+class Recording:
+    """Delegates to a backend and records each call's prompts and tokens."""
+
+    def __init__(self, backend):
+        self.backend, self.model_id, self.calls = backend, backend.model_id, []
+
+    def identity(self):
+        return self.backend.identity()
+
+    def render(self, prompt, assistant_prefix=None):
+        return self.backend.render(prompt, assistant_prefix)
+
+    def generate(self, prompts_, **kw):
+        gens = self.backend.generate(prompts_, **kw)
+        self.calls.append((list(prompts_), kw["max_new_tokens"], sum(g.n_output_tokens for g in gens)))
+        return gens
+
+
+def llama_cpp_tokens_per_s(questions: list[str], max_new_tokens: int, threads: int) -> float | None:
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    llm = Llama(model_path=str(embedded_gguf_path()), n_ctx=2048, n_threads=threads, verbose=False, seed=0)
+    tokens, start = 0, time.perf_counter()
+    for q in questions:
+        out = llm.create_chat_completion(messages=[{"role": "user", "content": q}], max_tokens=max_new_tokens,
+                                         temperature=0.0)
+        tokens += out["usage"]["completion_tokens"]
+    return tokens / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, default=32)
+    ap.add_argument("--max-new-tokens", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--llama-prompts", type=int, default=8, help="prompts for the llama.cpp comparison")
+    ap.add_argument("--model", default=None)
+    args = ap.parse_args()
+
+    env = environment_info()
+    backend = HFBackend(args.model, batch_size=args.batch_size, progress=False)
+    problems = data.load("synthetic", "train", limit=args.n)
+    backend.generate(["warm-up"], max_new_tokens=4)
+    kw = dict(max_new_tokens=args.max_new_tokens)
+
+    recorded = Recording(backend)
+    t0 = time.perf_counter()
+    batched = search_budgets(recorded, problems, batch_size=args.batch_size, progress=False, **kw)
+    t_batched = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sequential = search_budgets_sequential(backend, problems, **kw)
+    t_sequential = time.perf_counter() - t0
+    same = sum(a == b for a, b in zip(batched, sequential))
+
+    t0 = time.perf_counter()
+    for call_prompts, max_new, _ in recorded.calls:  # the same work as raw generate calls
+        backend.generate(call_prompts, max_new_tokens=max_new)
+    t_raw = time.perf_counter() - t0
+    tokens = sum(n for _, _, n in recorded.calls)
+    searched = sum(r.vanilla_correct for r in batched)
+
+    llama_rate = None
+    if args.model is None:
+        questions = [prompts.VANILLA_COT.render(p.question) for p in problems[:args.llama_prompts]]
+        llama_rate = llama_cpp_tokens_per_s(questions, args.max_new_tokens, threads=env["cpu_count"] or 2)
+
+    row = {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": backend.model_id,
+           "device": env["cuda"] or f"cpu ({env['cpu_count']} cores)", "dtype": backend.dtype,
+           "n_problems": len(problems), "n_searched": searched, "max_new_tokens": args.max_new_tokens,
+           "batch_size": args.batch_size, "backend_calls_batched": len(recorded.calls),
+           "seconds_sequential": round(t_sequential, 2), "seconds_batched": round(t_batched, 2),
+           "speedup": round(t_sequential / t_batched, 2), "same_results": f"{same}/{len(problems)}",
+           "batched_tokens_per_s": round(tokens / t_batched, 1),
+           "llama_cpp_tokens_per_s_1_request": None if llama_rate is None else round(llama_rate, 1),
+           "seconds_raw_generate": round(t_raw, 2), "search_overhead": round(t_batched / t_raw - 1, 4),
+           "torch": env["versions"]["torch"], "transformers": env["versions"]["transformers"],
+           "platform": env["platform"], "git_sha": env["git_sha"]}
+    print(f"{len(problems)} problems ({searched} with a correct vanilla answer, searched), "
+          f"{len(recorded.calls)} batched backend calls")
+    print(f"sequential {t_sequential:7.1f} s | batched {t_batched:7.1f} s | speed-up x{t_sequential / t_batched:.2f} "
+          f"| same results {same}/{len(problems)}")
+    print(f"batched search: {tokens / t_batched:.1f} generated tokens/s; llama.cpp, one request: "
+          + ("not installed (pip install llama-cpp-python)" if llama_rate is None else f"{llama_rate:.1f} tokens/s"))
+    print(f"raw generate of the same calls {t_raw:.1f} s: search overhead {100 * (t_batched / t_raw - 1):+.1f}%")
+    out = project_root() / "results" / "benchmarks" / "search_speed.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    new_file = not out.exists()
+    with out.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new_file:
+            writer.writeheader()
+        writer.writerow(row)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
