@@ -19,7 +19,7 @@ from . import synthetic
 from .answers import format_number, normalize_answer
 from .paths import data_dirs
 
-__all__ = ["Problem", "DataError", "load", "load_available", "KNOWN_DATASETS", "gold_from_answer"]
+__all__ = ["Problem", "DataError", "load", "load_available", "check_problems", "KNOWN_DATASETS", "gold_from_answer"]
 
 HUB_SOURCES = {"gsm8k": ("openai/gsm8k", "main")}
 KNOWN_DATASETS = ("gsm8k", "gsm8k-zero", "synthetic")
@@ -199,3 +199,13 @@ def load_available(specs: dict[str, tuple[str, str, int | None]]
         except DataError as exc:
             skipped[label] = str(exc)
     return loaded, skipped
+
+
+def check_problems(problems: Sequence[Problem], task: str) -> None:
+    """Reject an empty problem list or duplicate ids before `task` starts."""
+    if not problems:
+        raise ValueError(f"no problems to {task}")
+    ids = [p.id for p in problems]
+    if len(set(ids)) != len(ids):
+        duplicate = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"problem ids must be unique; {duplicate!r} appears more than once")

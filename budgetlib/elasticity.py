@@ -12,7 +12,7 @@ from typing import Sequence
 
 from .answers import extract_answer, is_correct
 from .backends.base import Backend, generate_in_batches
-from .data import Problem
+from .data import Problem, check_problems
 from .prompts import BUDGETED_COT, VANILLA_COT
 
 __all__ = ["budget_sweep", "sweep_run", "sweep_summary", "elastic_budgets"]
@@ -25,8 +25,7 @@ def budget_sweep(backend: Backend, problems: Sequence[Problem], budgets: Sequenc
     vanilla_tokens and vanilla_correct (one batched vanilla pass)."""
     import pandas as pd
 
-    if not problems:
-        raise ValueError("no problems to sweep")
+    check_problems(problems, "sweep")
     budgets = list(budgets)
     bad = [b for b in budgets if isinstance(b, bool) or not isinstance(b, int) or b <= 0]
     if bad or not budgets:
@@ -76,14 +75,13 @@ def sweep_run(backend: Backend, problems: Sequence[Problem], budgets: Sequence[i
     config: computed once, read back afterwards. Returns (frame, run)."""
     import pandas as pd
 
-    from .runs import start_run
+    from .runs import run_metadata, start_run
 
     identity = backend.identity()
     config = {"budgets": list(budgets), "max_new_tokens": max_new_tokens, "backend": identity,
               "dataset": dataset, "ids": [p.id for p in problems],
               "templates": [VANILLA_COT.text, BUDGETED_COT.text]}
-    meta = {"model": identity.get("model"), "dataset": dataset, "n": len(problems), "profile": profile,
-            "device": identity.get("device")}
+    meta = run_metadata(identity, dataset=dataset, n=len(problems), profile=profile)
     run = start_run(step, config, metadata=meta, root=root)
     if run.finished:
         return pd.DataFrame(run.items()), run

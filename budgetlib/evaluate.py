@@ -14,9 +14,9 @@ from typing import Any, Sequence
 
 from .answers import extract_answer, is_correct
 from .backends.base import Backend, generate_in_batches
-from .data import Problem
+from .data import Problem, check_problems
 from .prompts import BUDGETED_COT, DIRECT, VANILLA_COT, PromptTemplate
-from .runs import Run, start_run
+from .runs import Run, run_metadata, start_run
 
 __all__ = ["Method", "Evaluation", "evaluate", "evaluate_run", "compare_methods", "summarize", "wilson_interval",
            "DIRECT_ANSWER", "VANILLA", "budgeted"]
@@ -101,11 +101,8 @@ def evaluate(backend: Backend, problems: Sequence[Problem], method: Method, *, m
              run: Run | None = None, chunk_size: int = 64) -> Evaluation:
     """Answer every problem with `method` (greedy) and judge it. With `run`,
     rows already there are reused and new rows are appended chunk by chunk."""
-    if not problems:
-        raise ValueError("no problems to evaluate")
+    check_problems(problems, "evaluate")
     ids = [p.id for p in problems]
-    if len(set(ids)) != len(ids):
-        raise ValueError("problem ids must be unique")
     done = {row["id"]: row for row in run.items()} if run is not None else {}
     todo = [p for p in problems if p.id not in done]
     for start in range(0, len(todo), chunk_size):
@@ -136,8 +133,7 @@ def evaluate_run(backend: Backend, problems: Sequence[Problem], method: Method, 
     config = {"method": method.name, "template": method.template.text, "budget": method.budget,
               "max_new_tokens": max_new_tokens, "backend": identity, "dataset": dataset,
               "ids": [p.id for p in problems]}
-    meta = {"model": identity.get("model"), "dataset": dataset, "n": len(problems), "profile": profile,
-            "device": identity.get("device")}
+    meta = run_metadata(identity, dataset=dataset, n=len(problems), profile=profile)
     run = start_run(step, config, metadata=meta, root=root)
     return evaluate(backend, problems, method, max_new_tokens=max_new_tokens, run=run)
 

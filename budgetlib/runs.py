@@ -26,7 +26,7 @@ from typing import Any, Iterable
 
 from .paths import project_root
 
-__all__ = ["Run", "RunError", "start_run", "open_run", "config_hash", "environment_info", "results_root", "read_jsonl"]
+__all__ = ["Run", "RunError", "start_run", "open_run", "run_metadata", "config_hash", "environment_info", "results_root", "read_jsonl"]
 
 log = logging.getLogger(__name__)
 VERSIONED = ("budgetlib", "torch", "transformers", "trl", "peft", "datasets", "numpy", "pandas")
@@ -74,6 +74,13 @@ def environment_info() -> dict[str, Any]:
     except ImportError:
         info["cuda"] = None
     return info
+
+
+def run_metadata(identity: dict[str, Any], *, dataset: str, n: int, profile: str) -> dict[str, Any]:
+    """The metadata every run records besides the environment: model,
+    dataset, n, profile and device (from a backend's `identity()`)."""
+    return {"model": identity.get("model"), "dataset": dataset, "n": n, "profile": profile,
+            "device": identity.get("device")}
 
 
 def read_jsonl(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:

@@ -34,7 +34,7 @@ from typing import Any, Iterator, Literal, Sequence
 
 from .answers import extract_answer, is_correct
 from .backends.base import Backend, Generation, generate_in_batches
-from .data import Problem
+from .data import Problem, check_problems
 from .prompts import BUDGETED_COT, VANILLA_COT
 from .runs import RunError, read_jsonl
 
@@ -191,14 +191,6 @@ class _ResultsFile:
             f.flush()
 
 
-def _check_inputs(problems: Sequence[Problem]) -> None:
-    if not problems:
-        raise ValueError("no problems to search")
-    ids = [p.id for p in problems]
-    if len(set(ids)) != len(ids):
-        raise ValueError("problem ids must be unique")
-
-
 def _chunks(items: Sequence, size: int | None) -> Iterator[Sequence]:
     step = size or max(len(items), 1)
     for start in range(0, len(items), step):
@@ -218,7 +210,7 @@ def search_budgets(backend: Backend, problems: Sequence[Problem], *, strategy: s
     from tqdm.auto import tqdm
 
     config = SearchConfig(strategy, feasibility, min_budget, tolerance, max_new_tokens)  # type: ignore[arg-type]
-    _check_inputs(problems)
+    check_problems(problems, "search")
     store = _ResultsFile(results_path, _fingerprint(backend, config))
     todo = [p for p in problems if p.id not in store.done]
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"search ({strategy}, {feasibility})",
@@ -249,7 +241,7 @@ def search_budgets_sequential(backend: Backend, problems: Sequence[Problem], *, 
                               ) -> list[BudgetSearchResult]:
     """The reference: one question at a time, one candidate per backend call."""
     config = SearchConfig(strategy, feasibility, min_budget, tolerance, max_new_tokens)  # type: ignore[arg-type]
-    _check_inputs(problems)
+    check_problems(problems, "search")
     store = _ResultsFile(results_path, _fingerprint(backend, config))
     for p in problems:
         if p.id in store.done:
@@ -301,14 +293,13 @@ def search_run(backend: Backend, problems: Sequence[Problem], *, dataset: str, p
     """`search_budgets` inside a run directory found by a hash of its config
     (or `run_dir`): computed once, resumed if interrupted, reused afterwards.
     Returns (results, run)."""
-    from .runs import open_run, start_run
+    from .runs import open_run, run_metadata, start_run
 
     config = {"search": asdict(SearchConfig(**{k: v for k, v in search_kwargs.items()
                                                  if k in SearchConfig.__dataclass_fields__})),
               "backend": backend.identity(), "dataset": dataset, "ids": [p.id for p in problems]}
     identity = backend.identity()
-    meta = {"model": identity.get("model"), "dataset": dataset, "n": len(problems), "profile": profile,
-            "device": identity.get("device")}
+    meta = run_metadata(identity, dataset=dataset, n=len(problems), profile=profile)
     run = (open_run(run_dir, config, metadata=meta) if run_dir is not None
            else start_run(step, config, metadata=meta, root=root))
     if run.finished:
