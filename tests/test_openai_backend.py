@@ -1,0 +1,183 @@
+"""OpenAIBackend against a real OpenAI-compatible server (llama.cpp serving
+the embedded GGUF on 127.0.0.1) and against a small fault-injecting server."""
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from budgetlib.backends import PrefillUnsupported
+from budgetlib.backends.openai_api import BackendError, OpenAIBackend
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# --- a fault-injecting server ---------------------------------------------
+
+def completion(text="Answer: [[4]]", tokens=5, finish="stop"):
+    return {"id": "x", "object": "chat.completion", "created": 0, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": tokens, "total_tokens": tokens + 3}}
+
+
+@pytest.fixture
+def fault_server():
+    """Answers each POST with the next scripted behaviour: an int status,
+    "ok", "garbage" or ("hang", seconds). Records the requests."""
+    script, seen = [], []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            action = script.pop(0) if script else "ok"
+            if isinstance(action, tuple):
+                time.sleep(action[1])
+                action = "ok"
+            if action == "garbage":
+                body, status = b"{not json", 200
+            elif action == "ok":
+                body, status = json.dumps(completion()).encode(), 200
+            else:
+                body, status = json.dumps({"error": {"message": f"status {action}"}}).encode(), action
+            try:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", script, seen
+    server.shutdown()
+    server.server_close()
+
+
+def backend_for(url, **kw):
+    return OpenAIBackend("m", base_url=url, api_key="test", backoff_base=0.01, backoff_max=0.05, **kw)
+
+
+def test_429_then_success(fault_server):
+    url, script, seen = fault_server
+    script.extend([429, 503])
+    (g,) = backend_for(url).generate(["q"], max_new_tokens=16)
+    assert (g.text, g.n_output_tokens, g.finish_reason) == ("Answer: [[4]]", 5, "stop")
+    assert len(seen) == 3 and seen[0]["max_tokens"] == 16 and seen[0]["messages"][0]["content"] == "q"
+
+
+def test_500s_until_the_limit(fault_server):
+    url, script, seen = fault_server
+    script.extend([500] * 10)
+    with pytest.raises(BackendError, match="gave up after 3 attempts"):
+        backend_for(url, max_retries=2).generate(["q"], max_new_tokens=8)
+    assert len(seen) == 3  # no stacked retries from the openai client
+
+
+def test_hung_request_times_out_and_retries(fault_server):
+    url, script, seen = fault_server
+    script.extend([("hang", 2.0)])
+    start = time.perf_counter()
+    (g,) = backend_for(url, timeout=0.5).generate(["q"], max_new_tokens=8)
+    assert g.n_output_tokens == 5 and time.perf_counter() - start < 2.0 and len(seen) == 2
+
+
+def test_garbage_and_client_errors_are_clear(fault_server):
+    url, script, seen = fault_server
+    script.append("garbage")
+    with pytest.raises(BackendError, match="request failed"):
+        backend_for(url).generate(["q"], max_new_tokens=8)
+    script.append(400)
+    with pytest.raises(BackendError, match="BadRequestError"):
+        backend_for(url).generate(["q"], max_new_tokens=8)
+    assert len(seen) == 2  # neither is retried
+
+
+def test_key_from_environment_only(monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(ValueError, match="no API key"):
+        OpenAIBackend("gpt-4o-mini")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    assert OpenAIBackend("gpt-4o-mini").identity()["base_url"] == "http://127.0.0.1:9/v1"
+    with pytest.raises(PrefillUnsupported):
+        OpenAIBackend("gpt-4o-mini").generate(["q"], max_new_tokens=4, assistant_prefix="<budget>")
+
+
+def test_concurrency_keeps_order(fault_server):
+    url, script, seen = fault_server
+    gens = backend_for(url, max_concurrency=4).generate([f"q{i}" for i in range(10)], max_new_tokens=8)
+    assert len(gens) == 10 and sorted(r["messages"][0]["content"] for r in seen) == sorted(f"q{i}" for i in range(10))
+
+
+# --- a real server: llama.cpp with the embedded model ----------------------
+
+@pytest.fixture(scope="module")
+def llama_server():
+    pytest.importorskip("llama_cpp.server", reason="pip install 'budgetlib[api]' for the llama.cpp server")
+    from budgetlib.backends.hf import embedded_gguf_path
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path()),
+                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+                             "--model_alias", "smollm2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/v1"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"llama.cpp server exited with {proc.returncode}")
+        try:
+            urllib.request.urlopen(f"{url}/models", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        proc.kill()
+        pytest.fail("llama.cpp server did not start within 90 s")
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.mark.integration
+def test_real_server_counts_and_finish(llama_server):
+    backend = OpenAIBackend("smollm2", base_url=llama_server, api_key="local", max_concurrency=2)
+    short, free = backend.generate(["Count from 1 to 50, one number per line.",
+                                    "What is 2 + 2? Answer with one number."], max_new_tokens=6)
+    assert (short.n_output_tokens, short.finish_reason) == (6, "length")
+    assert 0 < free.n_output_tokens <= 6 and free.finish_reason in ("stop", "length")
+    assert free.finish_reason == "stop" or free.n_output_tokens == 6
+    again = backend.generate(["What is 2 + 2? Answer with one number."], max_new_tokens=6)[0]
+    assert again == free  # greedy: the same answer and count
+
+
+@pytest.mark.integration
+def test_real_server_count_matches_the_model_tokenizer(llama_server):
+    from transformers import AutoTokenizer
+
+    from budgetlib.backends.hf import embedded_model_dir
+    from budgetlib.tokens import count_tokens
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    backend = OpenAIBackend("smollm2", base_url=llama_server, api_key="local")
+    (g,) = backend.generate(["Write one sentence about apples."], max_new_tokens=24)
+    assert g.n_output_tokens == 24 and g.finish_reason == "length"
+    assert abs(count_tokens(tok, g.text) - g.n_output_tokens) <= 1  # re-tokenising may merge one boundary
