@@ -26,7 +26,7 @@ from .data import Problem
 from .prompts import TALE_EP_ESTIMATE
 
 __all__ = ["BudgetEstimate", "BudgetEstimator", "parse_budget", "ZeroShotEstimator", "ConstantEstimator",
-           "OracleEstimator", "LearnedEstimator", "label_from_search", "Fallback"]
+           "OracleEstimator", "LearnedEstimator", "label_from_search", "cross_validate", "Fallback"]
 
 Fallback = Union[str, int]  # "vanilla" or a default budget
 
@@ -86,29 +86,41 @@ def parse_budget(text: str) -> int | None:
 
 class ZeroShotEstimator:
     """TALE-EP: the model estimates its own budget with TALE's prompt,
-    batched. Parsed budgets are clamped to [min_budget, max_budget]."""
+    batched. Parsed budgets are clamped to [min_budget, max_budget].
+    `assistant_prefix` (e.g. ``"Budget: [["``, for backends that can
+    prefill) starts the model's answer so that a small model writes a number
+    instead of solving the problem; the prefix is parsed with the output."""
 
     def __init__(self, backend: Backend, *, min_budget: int = 1, max_budget: int = 2048,
-                 fallback: Fallback = "vanilla", max_new_tokens: int = 32, batch_size: int | None = None):
+                 fallback: Fallback = "vanilla", max_new_tokens: int = 32, batch_size: int | None = None,
+                 assistant_prefix: str | None = None):
         _check_fallback(fallback)
         if not 1 <= min_budget <= max_budget:
             raise ValueError(f"need 1 <= min_budget <= max_budget, got {min_budget}, {max_budget}")
         self.backend, self.fallback = backend, fallback
         self.min_budget, self.max_budget = min_budget, max_budget
         self.max_new_tokens, self.batch_size = max_new_tokens, batch_size
+        self.assistant_prefix = assistant_prefix
 
     def estimate(self, problems: Sequence[Problem]) -> list[BudgetEstimate]:
-        gens = generate_in_batches(self.backend, [TALE_EP_ESTIMATE.render(p.question) for p in problems],
-                                   max_new_tokens=self.max_new_tokens, batch_size=self.batch_size)
+        prompts = [TALE_EP_ESTIMATE.render(p.question) for p in problems]
+        gens = []
+        step = self.batch_size or max(len(prompts), 1)
+        for start in range(0, len(prompts), step):
+            gens.extend(self.backend.generate(prompts[start:start + step], max_new_tokens=self.max_new_tokens,
+                                              assistant_prefix=self.assistant_prefix))
+        if len(gens) != len(prompts):
+            raise RuntimeError(f"backend returned {len(gens)} generations for {len(prompts)} prompts")
         out = []
         for g in gens:
-            budget = parse_budget(g.text)
+            raw = (self.assistant_prefix or "") + g.text
+            budget = parse_budget(raw)
             if budget is None:
-                out.append(_fallback(self.fallback, "zero_shot", g.text, g.n_output_tokens))
+                out.append(_fallback(self.fallback, "zero_shot", raw, g.n_output_tokens))
             else:
                 clamped = min(max(budget, self.min_budget), self.max_budget)
                 source = "zero_shot" if clamped == budget else "zero_shot:clamped"
-                out.append(BudgetEstimate(clamped, source, g.text, g.n_output_tokens))
+                out.append(BudgetEstimate(clamped, source, raw, g.n_output_tokens))
         return out
 
 
@@ -239,3 +251,51 @@ def _ridge(x, y, alpha: float):
     xc = x - x_mean
     w = np.linalg.solve(xc.T @ xc + alpha * np.eye(x.shape[1]), xc.T @ (y - y_mean))
     return np.concatenate([w, [y_mean - x_mean @ w]])
+
+
+def cross_validate(problems: Sequence[Problem], results, *, k: int = 5, alpha: float = 1.0,
+                   others: dict[str, dict[str, BudgetEstimate]] | None = None, encoder=None, seed: int = 0):
+    """Out-of-fold predictions of `LearnedEstimator` (k folds over the
+    questions with an optimal budget), beside a constant baseline (the
+    training folds' median label) and any `others` (name -> {problem id:
+    estimate}, e.g. zero-shot) on the same questions. Returns (per-question
+    frame, error table): errors are absolute log2 errors against the label
+    (the geometric middle of the search interval), the share of estimates
+    inside that interval, and how many estimates were fallbacks (no budget)."""
+    import numpy as np
+    import pandas as pd
+
+    labelled = [(r, label_from_search(r)) for r in results]
+    labelled = [(r, iv) for r, iv in labelled if iv is not None]
+    if len(labelled) < 3:
+        raise ValueError(f"need at least 3 questions with an optimal budget to cross-validate, got {len(labelled)}")
+    k = min(k, len(labelled))
+    order = np.random.default_rng(seed).permutation(len(labelled))
+    folds = [order[i::k] for i in range(k)]
+    by_id = {p.id: p for p in problems}
+    rows = []
+    for fold in folds:
+        held = set(fold.tolist())
+        train = [labelled[i][0] for i in range(len(labelled)) if i not in held]
+        est = LearnedEstimator(alpha=alpha, encoder=encoder).fit([by_id[r.id] for r in train], train)
+        median = float(np.median(LearnedEstimator.targets(train)[1]))
+        test = [labelled[i] for i in fold]
+        learned = est.predict_log2([by_id[r.id].question for r, _ in test])
+        for (r, (lo, hi)), pred in zip(test, learned):
+            row = {"id": r.id, "label_lo": lo, "label_hi": hi, "label": 2 ** (0.5 * (math.log2(lo) + math.log2(hi))),
+                   "learned": 2 ** float(pred), "constant": 2 ** median}
+            for name, estimates in (others or {}).items():
+                est = estimates.get(r.id)
+                row[name] = None if est is None else est.budget
+            rows.append(row)
+    frame = pd.DataFrame(rows)
+    errors = []
+    for name in ["learned", "constant", *(others or {})]:
+        valid = frame[frame[name].notna()]
+        err = (np.log2(valid[name].astype(float)) - np.log2(valid["label"])).abs()
+        inside = ((valid[name] > valid["label_lo"]) & (valid[name] <= valid["label_hi"])).mean()
+        errors.append({"estimator": name, "n": len(valid), "missing (fallback)": len(frame) - len(valid),
+                       "mean_abs_log2_error": err.mean() if len(valid) else math.nan,
+                       "median_abs_log2_error": err.median() if len(valid) else math.nan,
+                       "share_inside_label_interval": inside if len(valid) else math.nan})
+    return frame, pd.DataFrame(errors)

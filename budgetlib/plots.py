@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["redundancy_figure", "elasticity_figure", "budget_histogram", "search_trace_figure", "save"]
+__all__ = ["redundancy_figure", "elasticity_figure", "budget_histogram", "search_trace_figure", "frontier_figure",
+           "estimate_scatter", "save"]
 
 
 def save(fig, path: str | Path | None) -> None:
@@ -129,6 +130,65 @@ def search_trace_figure(results, path: str | Path | None = None, title: str | No
     ax.set_ylabel("actual output tokens")
     if not shown:
         ax.text(0.5, 0.5, "no question was searched", ha="center", va="center", transform=ax.transAxes)
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    save(fig, path)
+    return fig
+
+
+def frontier_figure(summary, path: str | Path | None = None, title: str | None = None,
+                    tokens: str = "mean_total_tokens"):
+    """Accuracy against output tokens (answers + estimator by default), one
+    point per (dataset, method), with 95% intervals; up-left is better."""
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(summary["dataset"]))
+    methods = list(dict.fromkeys(summary["method"]))
+    markers = "osD^vP*Xh"
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
+    for ax, d in zip(axes[0], datasets):
+        rows = summary[summary["dataset"] == d]
+        for j, m in enumerate(methods):
+            r = rows[rows["method"] == m]
+            if r.empty:
+                continue
+            r = r.iloc[0]
+            ax.errorbar(r[tokens], r["accuracy"], yerr=[[r["accuracy"] - r["accuracy_ci_low"]],
+                                                        [r["accuracy_ci_high"] - r["accuracy"]]],
+                        fmt=markers[j % len(markers)], capsize=2, label=m)
+        ax.set_title(d, fontsize=10)
+        ax.set_xlabel("mean output tokens (answer + estimator)")
+        ax.set_ylim(0, 1)
+    axes[0][0].set_ylabel("accuracy (95% CI)")
+    axes[0][-1].legend(fontsize=7, loc="best")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path)
+    return fig
+
+
+def estimate_scatter(frame, path: str | Path | None = None, title: str | None = None, estimators=None):
+    """Estimated budget against the searched label (log-log, y = x line);
+    `frame` as from `estimators.cross_validate`."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4.2))
+    estimators = estimators or [c for c in frame.columns if c not in ("id", "label", "label_lo", "label_hi")]
+    for name in estimators:
+        if name in frame and frame[name].notna().any():
+            valid = frame[frame[name].notna()]
+            ax.scatter(valid["label"], valid[name].astype(float), label=name, alpha=0.75)
+    values = [v for c in ("label",) + tuple(e for e in estimators if e in frame)
+              for v in frame[c].dropna().astype(float)]
+    lo, hi = max(min(values), 1), max(values)
+    ax.plot([lo, hi], [lo, hi], "k:", label="y = x")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log", base=2)
+    ax.set_xlabel("searched budget (label)")
+    ax.set_ylabel("estimated budget")
+    ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
     fig.tight_layout()

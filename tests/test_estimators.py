@@ -132,3 +132,35 @@ def test_paired_comparison_properties():
     assert same["mcnemar_p"] == 1.0 and same["mean_token_diff"] == 0 and same["token_diff_ci_low"] == 0
     with pytest.raises(ValueError, match="same question ids"):
         paired_comparison(a, a[:5])
+
+
+def test_cross_validation_beats_the_constant_on_a_learnable_rule():
+    from budgetlib.estimators import cross_validate
+
+    problems = [Problem(f"p{i}", f"What is {i} plus 1?", str(i + 1), "t") for i in range(20)]
+    results = [BudgetSearchResult(f"p{i}", 4000, True, round(2 ** (4 + i / 4)), 1, "", True,
+                                  [TraceStep(round(2 ** (4 + i / 4)) - 1, 1, False, False)]) for i in range(20)]
+    zero = {f"p{i}": BudgetEstimate(None if i % 2 else 100, "zero_shot") for i in range(20)}
+    frame, errors = cross_validate(problems, results, k=5, alpha=1e-6, others={"zero_shot": zero},
+                                   encoder=fake_encoder)
+    assert len(frame) == 20 and sorted(frame.id) == sorted(p.id for p in problems)
+    table = errors.set_index("estimator")
+    assert table.loc["learned", "mean_abs_log2_error"] < 0.2 < table.loc["constant", "mean_abs_log2_error"]
+    assert table.loc["zero_shot", "n"] == 10 and table.loc["zero_shot", "missing (fallback)"] == 10
+    with pytest.raises(ValueError, match="at least 3"):
+        cross_validate(problems, results[:2], encoder=fake_encoder)
+
+
+def test_zero_shot_prefill_is_parsed_with_the_output():
+    seen = []
+
+    def respond(prompt, max_new_tokens, temperature, seed, prefix):
+        seen.append(prefix)
+        return "40]] tokens"
+
+    est = ZeroShotEstimator(FakeBackend(respond), assistant_prefix="Budget: [[").estimate(PROBLEMS[:2])
+    assert [e.budget for e in est] == [40, 40] and est[0].raw == "Budget: [[40]] tokens" and seen == ["Budget: [["] * 2
+    from budgetlib.backends import PrefillUnsupported
+
+    with pytest.raises(PrefillUnsupported):
+        ZeroShotEstimator(FakeBackend(supports_prefix=False), assistant_prefix="[[").estimate(PROBLEMS[:1])
