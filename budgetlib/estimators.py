@@ -103,14 +103,9 @@ class ZeroShotEstimator:
         self.assistant_prefix = assistant_prefix
 
     def estimate(self, problems: Sequence[Problem]) -> list[BudgetEstimate]:
-        prompts = [TALE_EP_ESTIMATE.render(p.question) for p in problems]
-        gens = []
-        step = self.batch_size or max(len(prompts), 1)
-        for start in range(0, len(prompts), step):
-            gens.extend(self.backend.generate(prompts[start:start + step], max_new_tokens=self.max_new_tokens,
-                                              assistant_prefix=self.assistant_prefix))
-        if len(gens) != len(prompts):
-            raise RuntimeError(f"backend returned {len(gens)} generations for {len(prompts)} prompts")
+        gens = generate_in_batches(self.backend, [TALE_EP_ESTIMATE.render(p.question) for p in problems],
+                                   max_new_tokens=self.max_new_tokens, batch_size=self.batch_size,
+                                   assistant_prefix=self.assistant_prefix)
         out = []
         for g in gens:
             raw = (self.assistant_prefix or "") + g.text
