@@ -76,3 +76,9 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
         HFBackend(str(tmp_path / "no-such-model"))
     with pytest.raises(FileNotFoundError, match="no config.json"):
         HFBackend(str(tmp_path))
+
+
+def test_prompt_longer_than_the_context_is_a_clear_error(backend):
+    context = backend.model.config.max_position_embeddings
+    with pytest.raises(ValueError, match=f"exceeds {EMBEDDED_MODEL_ID}'s context of {context} tokens"):
+        backend.generate(["fine", "apple " * context], max_new_tokens=8)

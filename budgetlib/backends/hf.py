@@ -151,6 +151,12 @@ class HFBackend:
         prefixes = prefixes_for(assistant_prefix, len(prompts))
         inputs = [self.render(p, pre) for p, pre in zip(prompts, prefixes)]
         ids = [self.tokenizer(t, add_special_tokens=False).input_ids for t in inputs]
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        too_long = [i for i, x in enumerate(ids) if context and len(x) + max_new_tokens > context]
+        if too_long:
+            i = too_long[0]
+            raise ValueError(f"prompt {i} has {len(ids[i])} tokens; with max_new_tokens={max_new_tokens} it exceeds "
+                             f"{self.model_id}'s context of {context} tokens ({len(too_long)} prompts too long)")
         order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
         results: list[Generation | None] = [None] * len(ids)
         torch.manual_seed(seed)
