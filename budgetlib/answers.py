@@ -179,12 +179,8 @@ def extract_answer(text: str | None) -> str | None:
     """
     if not text:
         return None
-    for content in reversed(_DOUBLE_BRACKETS.findall(text)):
-        answer = normalize_answer(content)
-        if answer is not None:
-            return answer
-    for content in reversed(_boxed_contents(text)):
-        answer = normalize_answer(content)
+    for content in [*reversed(_DOUBLE_BRACKETS.findall(text)), *reversed(_boxed_contents(text))]:
+        answer = normalize_answer(content.rsplit("=", 1)[-1])  # "[[5 + 3 = 8]]" -> 8
         if answer is not None:
             return answer
     for marker in (_ANSWER_MARKER, _HASHES_MARKER):
@@ -196,8 +192,9 @@ def extract_answer(text: str | None) -> str | None:
 
 
 def is_correct(prediction: str | None, gold: str | float | int | None, *, rel_tol: float = 1e-4) -> bool:
-    """True when `prediction` matches `gold`: numerically within `rel_tol`
-    when both are numbers, else as case-insensitive normalised strings.
+    """True when `prediction` matches `gold`: exactly when both are whole
+    numbers, numerically within `rel_tol` when either has a fraction, else as
+    case-insensitive normalised strings.
 
     >>> is_correct("5.0", "5"), is_correct("0.5", "1/2"), is_correct(None, "5")
     (True, True, False)
@@ -205,9 +202,11 @@ def is_correct(prediction: str | None, gold: str | float | int | None, *, rel_to
     if prediction is None or gold is None:
         return False
     gold_text = format_number(gold) if isinstance(gold, (int, float)) else str(gold)
-    pred_value, gold_value = parse_number(str(prediction)), parse_number(gold_text)
+    pred_value, gold_value = _decimal_of(str(prediction)), _decimal_of(gold_text)
     if pred_value is not None and gold_value is not None:
-        return math.isclose(pred_value, gold_value, rel_tol=rel_tol, abs_tol=1e-9)
+        if pred_value == pred_value.to_integral_value() and gold_value == gold_value.to_integral_value():
+            return pred_value == gold_value  # whole numbers must match exactly: 70001 is not 70000
+        return math.isclose(float(pred_value), float(gold_value), rel_tol=rel_tol, abs_tol=1e-9)
     pred_norm, gold_norm = normalize_answer(str(prediction)), normalize_answer(gold_text)
     if pred_norm is None or gold_norm is None:
         return False

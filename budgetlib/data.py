@@ -44,7 +44,7 @@ def gold_from_answer(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         raise DataError(f"answer must be a string or a number, got {value!r}")
     if isinstance(value, (int, float)):
-        return format_number(float(value))
+        return format_number(value)
     text = str(value)
     if "####" in text:
         text = text.rsplit("####", 1)[1]
@@ -142,7 +142,7 @@ def _read_rows(path: Path) -> Iterable[tuple[str, Any]]:
     """(location, row) pairs; the location names the file and line."""
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(path.read_text(encoding="utf-8-sig"))
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{exc.lineno}: malformed JSON: {exc.msg}") from exc
         if not isinstance(data, list):
@@ -150,7 +150,7 @@ def _read_rows(path: Path) -> Iterable[tuple[str, Any]]:
         for i, row in enumerate(data):
             yield f"{path}[{i}]", row
         return
-    with path.open(encoding="utf-8") as f:
+    with path.open(encoding="utf-8-sig") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue

@@ -86,6 +86,7 @@ def sweep_run(backend: Backend, problems: Sequence[Problem], budgets: Sequence[i
     if run.finished:
         return pd.DataFrame(run.items()), run
     frame = budget_sweep(backend, problems, budgets, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    run.clear_items()  # an interrupted earlier attempt may have left a partial write
     run.append(frame.to_dict("records"))
     run.finish({"per_budget": sweep_summary(frame).to_dict("records")})
     return frame, run

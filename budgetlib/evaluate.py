@@ -225,6 +225,9 @@ def paired_comparison(rows_a: Sequence[dict[str, Any]], rows_b: Sequence[dict[st
     """
     import random
 
+    if not rows_a or n_boot < 1:
+        raise ValueError(f"paired comparison needs at least one question and n_boot >= 1, "
+                         f"got {len(rows_a)} questions, n_boot={n_boot}")
     a_by_id, b_by_id = {r["id"]: r for r in rows_a}, {r["id"]: r for r in rows_b}
     if set(a_by_id) != set(b_by_id):
         raise ValueError("paired comparison needs the same question ids on both sides")

@@ -157,6 +157,13 @@ class Run:
             f.flush()
             os.fsync(f.fileno())
 
+    def clear_items(self) -> None:
+        """Drop the items of an unfinished run (for steps that write all
+        their items at once and recompute them when interrupted)."""
+        if self.finished:
+            raise RunError(f"{self.dir} is finished (summary.json exists); its items are kept")
+        self.items_path.unlink(missing_ok=True)
+
     def summary(self) -> dict[str, Any]:
         if not self.finished:
             raise RunError(f"{self.dir} has no summary yet (unfinished run)")

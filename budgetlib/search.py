@@ -297,7 +297,8 @@ def search_run(backend: Backend, problems: Sequence[Problem], *, dataset: str, p
 
     config = {"search": asdict(SearchConfig(**{k: v for k, v in search_kwargs.items()
                                                  if k in SearchConfig.__dataclass_fields__})),
-              "backend": backend.identity(), "dataset": dataset, "ids": [p.id for p in problems]}
+              "backend": backend.identity(), "dataset": dataset, "ids": [p.id for p in problems],
+              "templates": [VANILLA_COT.text, BUDGETED_COT.text]}
     identity = backend.identity()
     meta = run_metadata(identity, dataset=dataset, n=len(problems), profile=profile)
     run = (open_run(run_dir, config, metadata=meta) if run_dir is not None

@@ -8,8 +8,9 @@ from budgetlib.backends import FakeBackend
 
 @pytest.fixture(autouse=True)
 def isolated_paths(tmp_path_factory, monkeypatch):
-    """Tests never write into the user's results dir or generation cache,
-    but keep the shared model cache (converting the model is slow)."""
+    """Tests never write into the user's results dir. The cache dir (the
+    converted model) is shared, since converting is slow; tests that use the
+    generation cache pass their own temporary path."""
     monkeypatch.setenv("BUDGETLIB_RESULTS", str(tmp_path_factory.mktemp("results")))
     monkeypatch.setenv("BUDGETLIB_GEN_CACHE", "on")
     yield

@@ -291,3 +291,12 @@ def test_format_number(value, expected):
 )
 def test_normalize_answer(text, expected):
     assert normalize_answer(text) == expected
+
+
+@pytest.mark.parametrize(("text", "gold", "expected"), [
+    ("Answer: 70001", "70000", False), ("[[999900]]", "1000000", False), ("[[1,000,000]]", "1000000", True),
+    ("so [[5 + 3 = 8]]", "8", True), ("\\boxed{12 \\times 3 = 36}", "36", True),
+    ("[[12345678901234567891]]", "12345678901234567890", False),
+])
+def test_review_regressions(text, gold, expected):
+    assert is_correct(extract_answer(text), gold) is expected

@@ -167,3 +167,9 @@ def test_load_available_skips_with_reason(data_dir, monkeypatch):
     assert skipped == {} and loaded["synthetic/train"][0].id == "synthetic:train:0"
     loaded, skipped = data.load_available({"gsm8k/train": ("gsm8k", "train", 5)})
     assert loaded == {} and "offline" in skipped["gsm8k/train"]
+
+
+def test_bom_and_big_integer_answers(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes('\ufeff{"question": "Q?", "answer": 123456789012345678}\n'.encode("utf-8"))
+    assert data.load(path)[0].answer == "123456789012345678"

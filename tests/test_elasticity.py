@@ -73,3 +73,15 @@ def test_sweep_run_reads_back_the_same_frame(tmp_path):
                             root=tmp_path)
     assert counting.calls == [] and run2.dir == run.dir
     assert again.to_dict("records") == frame.to_dict("records")
+
+
+def test_sweep_run_interrupted_after_a_partial_write_does_not_duplicate(tmp_path):
+    from budgetlib.elasticity import sweep_run
+    from budgetlib.runs import start_run
+
+    frame, run = sweep_run(FakeBackend(elastic_model), PROBLEMS, [4, 16], max_new_tokens=50, dataset="t",
+                           profile="smoke", root=tmp_path)
+    run.summary_path.unlink()  # as if killed before finish(), after the items were written
+    again, _ = sweep_run(FakeBackend(elastic_model), PROBLEMS, [4, 16], max_new_tokens=50, dataset="t",
+                         profile="smoke", root=tmp_path)
+    assert len(again) == len(frame) == 8 and len(run.items()) == 8

@@ -164,3 +164,19 @@ def test_zero_shot_prefill_is_parsed_with_the_output():
 
     with pytest.raises(PrefillUnsupported):
         ZeroShotEstimator(FakeBackend(supports_prefix=False), assistant_prefix="[[").estimate(PROBLEMS[:1])
+
+
+def test_paired_comparison_against_hand_computed_values():
+    # 10 questions: a right on 0-5, b right on 4-9 -> discordant 4 (a only) vs 4 (b only): p = 1
+    # b writes 10 tokens fewer on every question -> mean diff -10, interval [-10, -10]
+    a = [{"id": str(i), "correct": i < 6, "n_output_tokens": 50 + i} for i in range(10)]
+    b = [{"id": str(i), "correct": i >= 4, "n_output_tokens": 40 + i} for i in range(10)]
+    r = paired_comparison(a, b)
+    assert (r["a_only_correct"], r["b_only_correct"], r["mcnemar_p"]) == (4, 4, 1.0)
+    assert r["mean_token_diff"] == -10 and r["token_diff_ci_low"] == r["token_diff_ci_high"] == -10
+    # 7 discordant, all for b: two-sided exact p = 2 * 0.5**7
+    c = [{"id": str(i), "correct": i < 7, "n_output_tokens": 1} for i in range(10)]
+    d = [{"id": str(i), "correct": False, "n_output_tokens": 1} for i in range(10)]
+    assert paired_comparison(d, c)["mcnemar_p"] == pytest.approx(2 * 0.5 ** 7)
+    with pytest.raises(ValueError, match="at least one question"):
+        paired_comparison([], [])

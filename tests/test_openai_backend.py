@@ -41,7 +41,8 @@ def fault_server():
             pass
 
         def do_POST(self):
-            seen.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            request = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(request)
             action = script.pop(0) if script else "ok"
             if isinstance(action, tuple):
                 time.sleep(action[1])
@@ -49,7 +50,7 @@ def fault_server():
             if action == "garbage":
                 body, status = b"{not json", 200
             elif action == "ok":
-                body, status = json.dumps(completion()).encode(), 200
+                body, status = json.dumps(completion(f"echo: {request['messages'][0]['content']}")).encode(), 200
             else:
                 body, status = json.dumps({"error": {"message": f"status {action}"}}).encode(), action
             try:
@@ -77,7 +78,7 @@ def test_429_then_success(fault_server):
     url, script, seen = fault_server
     script.extend([429, 503])
     (g,) = backend_for(url).generate(["q"], max_new_tokens=16)
-    assert (g.text, g.n_output_tokens, g.finish_reason) == ("Answer: [[4]]", 5, "stop")
+    assert (g.text, g.n_output_tokens, g.finish_reason) == ("echo: q", 5, "stop")
     assert len(seen) == 3 and seen[0]["max_tokens"] == 16 and seen[0]["messages"][0]["content"] == "q"
 
 
@@ -121,8 +122,9 @@ def test_key_from_environment_only(monkeypatch):
 
 def test_concurrency_keeps_order(fault_server):
     url, script, seen = fault_server
+    script.extend([("hang", 0.3), ("hang", 0.2)])  # early requests finish last
     gens = backend_for(url, max_concurrency=4).generate([f"q{i}" for i in range(10)], max_new_tokens=8)
-    assert len(gens) == 10 and sorted(r["messages"][0]["content"] for r in seen) == sorted(f"q{i}" for i in range(10))
+    assert [g.text for g in gens] == [f"echo: q{i}" for i in range(10)]
 
 
 # --- a real server: llama.cpp with the embedded model ----------------------
