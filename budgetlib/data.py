@@ -23,6 +23,7 @@ __all__ = ["Problem", "DataError", "load", "load_available", "check_problems", "
 
 HUB_SOURCES = {"gsm8k": ("openai/gsm8k", "main")}
 KNOWN_DATASETS = ("gsm8k", "gsm8k-zero", "synthetic")
+_HUB_FAILURES: dict[tuple[tuple[str, str], str], str] = {}
 SPLITS = {"gsm8k": ("train", "test"), "gsm8k-zero": ("test",), "synthetic": ("train", "test")}
 
 
@@ -109,6 +110,8 @@ def _load_named(name: str, split: str) -> list[Problem]:
     hub = HUB_SOURCES.get(name)
     if hub is None:
         tried.append(f"the hub: no public copy of {name} is known to budgetlib")
+    elif (hub, split) in _HUB_FAILURES:  # offline: fail fast after the first (slow) attempt
+        tried.append(_HUB_FAILURES[(hub, split)] + " (remembered from an earlier attempt in this process)")
     else:
         try:
             rows = _hub_rows(*hub, split)
@@ -117,7 +120,8 @@ def _load_named(name: str, split: str) -> list[Problem]:
         except DataError:
             raise
         except Exception as exc:  # network errors vary by datasets version
-            tried.append(f"the hub {hub[0]} ({hub[1]}): {type(exc).__name__}: {str(exc)[:200]}")
+            _HUB_FAILURES[(hub, split)] = f"the hub {hub[0]} ({hub[1]}): {type(exc).__name__}: {str(exc)[:200]}"
+            tried.append(_HUB_FAILURES[(hub, split)])
     raise DataError(f"dataset {name!r} split {split!r} not found. Looked in:\n  - " + "\n  - ".join(tried)
                     + "\nSet BUDGETLIB_DATA_DIR to a directory holding "
                     f"{name}/{split}.jsonl.")

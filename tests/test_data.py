@@ -38,14 +38,21 @@ def test_unreachable_dataset_lists_every_place(monkeypatch, tmp_path):
     monkeypatch.setenv("BUDGETLIB_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(data, "data_dirs", lambda: [tmp_path])
 
+    calls = []
+
     def offline(*args):
+        calls.append(args)
         raise ConnectionError("no network")
 
     monkeypatch.setattr(data, "_hub_rows", offline)
+    monkeypatch.setattr(data, "_HUB_FAILURES", {})
     with pytest.raises(DataError) as err:
         data.load("gsm8k", "train")
     msg = str(err.value)
     assert str(tmp_path / "gsm8k" / "train.jsonl") in msg and "openai/gsm8k" in msg and "no network" in msg
+    with pytest.raises(DataError, match="remembered from an earlier attempt"):
+        data.load("gsm8k", "train")
+    assert len(calls) == 1  # an offline machine waits for the hub once, not once per load
 
 
 def test_hub_fallback_rows_become_problems(monkeypatch, tmp_path):
@@ -158,6 +165,7 @@ def test_synthetic_knobs_change_problems_and_ids():
 
 def test_load_available_skips_with_reason(data_dir, monkeypatch):
     monkeypatch.setattr(data, "_hub_rows", lambda *a: (_ for _ in ()).throw(ConnectionError("offline")))
+    monkeypatch.setattr(data, "_HUB_FAILURES", {})
     monkeypatch.setattr(data, "data_dirs", lambda: [data_dir])
     loaded, skipped = data.load_available({"gsm8k": ("gsm8k", "test", 1), "zero": ("gsm8k-zero", "test", None),
                                            "synthetic/test": ("synthetic", "test", 3),
