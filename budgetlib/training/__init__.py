@@ -1,0 +1,1 @@
+"""TALE-PT and SelfBudgeter training: data builders first (`training.data`)."""

@@ -1,0 +1,209 @@
+"""Training data for TALE-PT, built from budget-search results.
+
+- SFT (TALE-PT): prompt = the vanilla CoT prompt (no budget), target = the
+  model's own correct answer under its searched optimal budget. When the
+  optimal budget is β0 (no smaller budget was feasible) the search holds only
+  the vanilla answer, so the budgeted answer is generated once at β0 and kept
+  only if correct. Questions without an optimal budget are skipped and
+  counted.
+- Budget-conditioned SFT: the same target, with the searched budget stated in
+  the prompt (at inference a budget estimator supplies it).
+- DPO pairs: chosen = the budgeted correct answer, rejected = the vanilla CoT
+  answer of the same question, both under the vanilla prompt; by default only
+  pairs where chosen is strictly shorter than rejected.
+
+Training and evaluation questions must not overlap, by id or by normalised
+text (GSM8K-Zero was built from GSM8K's train questions): `check_no_overlap`
+refuses, `drop_overlap` removes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import unicodedata
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from ..answers import extract_answer, is_correct
+from ..backends.base import Backend, generate_in_batches
+from ..data import Problem, check_problems
+from ..prompts import BUDGETED_COT, VANILLA_COT
+
+__all__ = ["LeakageError", "normalize_question", "check_no_overlap", "drop_overlap", "SFTExample", "DPOPair",
+           "BuildReport", "build_sft_examples", "build_dpo_pairs", "save_jsonl", "to_dataset"]
+
+
+class LeakageError(ValueError):
+    """Training and evaluation questions overlap."""
+
+
+def normalize_question(text: str) -> str:
+    """Case-, accent-, punctuation- and whitespace-insensitive form of a question.
+
+    >>> normalize_question("  Janet’s ducks lay 16 eggs!\\n") == normalize_question("janet's Ducks lay 16 eggs")
+    True
+    """
+    text = re.sub(r"['\u2018\u2019`]", "", text)  # janet's, Janet’s -> janets
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text).split())
+
+
+def _overlap(train: Sequence[Problem], evaluation: Sequence[Problem]) -> list[tuple[Problem, Problem, str]]:
+    by_id = {p.id: p for p in evaluation}
+    by_text = {normalize_question(p.question): p for p in evaluation}
+    found = []
+    for p in train:
+        if p.id in by_id:
+            found.append((p, by_id[p.id], "id"))
+        elif normalize_question(p.question) in by_text:
+            found.append((p, by_text[normalize_question(p.question)], "text"))
+    return found
+
+
+def check_no_overlap(train: Sequence[Problem], evaluation: Sequence[Problem]) -> None:
+    """Raise `LeakageError` when a training question is an evaluation
+    question, by id or by normalised text."""
+    found = _overlap(train, evaluation)
+    if found:
+        examples = "; ".join(f"{t.id} = {e.id} (same {how})" for t, e, how in found[:3])
+        raise LeakageError(f"{len(found)} training questions overlap the evaluation set, e.g. {examples}; "
+                           "use drop_overlap() to remove them")
+
+
+def drop_overlap(train: Sequence[Problem], evaluation: Sequence[Problem]) -> tuple[list[Problem], list[str]]:
+    """The training problems without those that overlap `evaluation`, and the dropped ids."""
+    dropped = {t.id for t, _, _ in _overlap(train, evaluation)}
+    return [p for p in train if p.id not in dropped], sorted(dropped)
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    id: str
+    prompt: str
+    completion: str
+    budget: int
+    n_tokens: int
+    source: str  # "search" (the searched answer) or "regenerated_at_beta0"
+
+
+@dataclass(frozen=True)
+class DPOPair:
+    id: str
+    prompt: str
+    chosen: str
+    rejected: str
+    chosen_tokens: int
+    rejected_tokens: int
+
+
+@dataclass
+class BuildReport:
+    n_results: int = 0
+    kept: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+
+def _matched(problems: Sequence[Problem], results) -> list[tuple[Problem, Any]]:
+    check_problems(problems, "build training data from")
+    by_id = {p.id: p for p in problems}
+    unknown = [r.id for r in results if r.id not in by_id]
+    if unknown:
+        raise ValueError(f"{len(unknown)} search results are for questions not in `problems` "
+                         f"(e.g. {unknown[0]!r}): results from another dataset or split?")
+    return [(by_id[r.id], r) for r in results]
+
+
+def _budgeted_targets(backend: Backend, pairs, max_new_tokens: int, report: BuildReport,
+                      batch_size: int | None) -> dict[str, tuple[str, int, int, str]]:
+    """id -> (text, tokens, budget, source) of a correct budgeted answer."""
+    targets: dict[str, tuple[str, int, int, str]] = {}
+    regenerate = []
+    for problem, r in pairs:
+        if r.optimal_budget is None:
+            report.skip("no optimal budget (vanilla CoT wrong)")
+        elif r.reduced:
+            targets[r.id] = (r.output_text, r.output_tokens, r.optimal_budget, "search")
+        else:
+            regenerate.append((problem, r))
+    gens = generate_in_batches(backend, [BUDGETED_COT.render(p.question, r.optimal_budget) for p, r in regenerate],
+                               max_new_tokens=max_new_tokens, batch_size=batch_size) if regenerate else []
+    for (problem, r), g in zip(regenerate, gens):
+        if is_correct(extract_answer(g.text), problem.answer):
+            targets[r.id] = (g.text, g.n_output_tokens, r.optimal_budget, "regenerated_at_beta0")
+        else:
+            report.skip("answer at β0 regenerated wrong")
+    return targets
+
+
+def build_sft_examples(backend: Backend, problems: Sequence[Problem], results, *, max_new_tokens: int,
+                       conditioned: bool = False, batch_size: int | None = None
+                       ) -> tuple[list[SFTExample], BuildReport]:
+    """TALE-PT SFT examples from search `results` on `problems` (a train
+    split). `conditioned=True` states the searched budget in the prompt
+    (budget-conditioned SFT). Raises when nothing is left."""
+    pairs = _matched(problems, results)
+    report = BuildReport(n_results=len(pairs))
+    targets = _budgeted_targets(backend, pairs, max_new_tokens, report, batch_size)
+    examples = []
+    for problem, r in pairs:
+        if r.id not in targets:
+            continue
+        text, tokens, budget, source = targets[r.id]
+        prompt = BUDGETED_COT.render(problem.question, budget) if conditioned else VANILLA_COT.render(problem.question)
+        examples.append(SFTExample(r.id, prompt, text, budget, tokens, source))
+    report.kept = len(examples)
+    if not examples:
+        raise ValueError(f"no SFT examples left after filtering {report.n_results} search results: {report.skipped}")
+    return examples, report
+
+
+def build_dpo_pairs(backend: Backend, problems: Sequence[Problem], results, *, max_new_tokens: int,
+                    keep_all: bool = False, batch_size: int | None = None) -> tuple[list[DPOPair], BuildReport]:
+    """DPO pairs (TALE): chosen = the correct budgeted answer, rejected = the
+    vanilla CoT answer (generated under the vanilla prompt, greedy, so the
+    generation cache returns the search's own vanilla pass), prompt = the
+    vanilla prompt. Unless `keep_all`, only pairs with chosen strictly shorter."""
+    pairs = _matched(problems, results)
+    report = BuildReport(n_results=len(pairs))
+    targets = _budgeted_targets(backend, pairs, max_new_tokens, report, batch_size)
+    with_target = [(p, r) for p, r in pairs if r.id in targets]
+    vanilla = generate_in_batches(backend, [VANILLA_COT.render(p.question) for p, _ in with_target],
+                                  max_new_tokens=max_new_tokens, batch_size=batch_size) if with_target else []
+    out = []
+    for (problem, r), v in zip(with_target, vanilla):
+        text, tokens, _, _ = targets[r.id]
+        if not keep_all and tokens >= v.n_output_tokens:
+            report.skip("chosen not shorter than rejected")
+            continue
+        out.append(DPOPair(r.id, VANILLA_COT.render(problem.question), text, v.text, tokens, v.n_output_tokens))
+    report.kept = len(out)
+    if not out:
+        raise ValueError(f"no DPO pairs left after filtering {report.n_results} search results: {report.skipped}")
+    return out, report
+
+
+def save_jsonl(items: Sequence[SFTExample | DPOPair], path: str | Path, provenance: dict[str, Any]) -> Path:
+    """Write the examples as JSONL with a sidecar ``<path>.provenance.json``
+    (model, search run, dataset, report...). Refuses to overwrite."""
+    path = Path(path)
+    if path.exists():
+        raise FileExistsError(f"{path} exists; training data is never overwritten silently")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text("".join(json.dumps(asdict(x), ensure_ascii=False) + "\n" for x in items), encoding="utf-8")
+    path.with_suffix(path.suffix + ".provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
+    tmp.replace(path)
+    return path
+
+
+def to_dataset(items: Sequence[SFTExample | DPOPair]):
+    """A `datasets.Dataset` with one column per field (trl's prompt/completion
+    and prompt/chosen/rejected formats)."""
+    import datasets
+
+    return datasets.Dataset.from_list([asdict(x) for x in items])

@@ -1,0 +1,92 @@
+import json
+import re
+
+import pytest
+
+from budgetlib.backends import FakeBackend
+from budgetlib.data import Problem
+from budgetlib.search import BudgetSearchResult, TraceStep
+from budgetlib.training.data import (LeakageError, build_dpo_pairs, build_sft_examples, check_no_overlap,
+                                     drop_overlap, save_jsonl, to_dataset)
+
+PROBLEMS = [Problem(f"p{i}", f"What is {i} plus 1?", str(i + 1), "t") for i in range(4)]
+
+
+def model(prompt, *args):
+    """Right answers; under a budget it writes `budget` tokens, else 30; wrong
+    at budget 7 (to exercise the regeneration filter)."""
+    i = int(re.search(r"What is (\d+)", prompt).group(1))
+    m = re.search(r"less than (\d+) tokens", prompt)
+    n = int(m.group(1)) if m else 30
+    answer = i + 2 if m and int(m.group(1)) == 7 else i + 1
+    return " ".join(["w"] * (n - 1)) + f" [[{answer}]]"
+
+
+RESULTS = [
+    BudgetSearchResult("p0", 30, True, 10, 10, "short answer [[1]]", True, [TraceStep(15, 12, True, True)]),
+    BudgetSearchResult("p1", 30, False, None, 30, "x", False, [], "vanilla CoT answer is wrong"),
+    BudgetSearchResult("p2", 20, True, 20, 20, "vanilla text [[3]]", False, [TraceStep(10, 25, False, False)]),
+    BudgetSearchResult("p3", 7, True, 7, 7, "vanilla [[4]]", False, []),
+]
+
+
+def test_sft_examples_sources_and_skips():
+    backend = FakeBackend(model)
+    examples, report = build_sft_examples(backend, PROBLEMS, RESULTS, max_new_tokens=64)
+    assert [(e.id, e.source, e.budget, e.n_tokens) for e in examples] == [("p0", "search", 10, 10),
+                                                                          ("p2", "regenerated_at_beta0", 20, 20)]
+    assert examples[0].completion == "short answer [[1]]" and "less than" not in examples[0].prompt
+    assert examples[0].prompt.endswith("Let's think step by step:\n")
+    assert report.skipped == {"no optimal budget (vanilla CoT wrong)": 1, "answer at β0 regenerated wrong": 1}
+    assert (report.n_results, report.kept) == (4, 2)
+    assert len(backend.calls) == 1 and len(backend.calls[0]) == 2  # one batched pass, for p2 and p3
+
+
+def test_budget_conditioned_prompt_states_the_budget():
+    examples, _ = build_sft_examples(FakeBackend(model), PROBLEMS, RESULTS, max_new_tokens=64, conditioned=True)
+    assert examples[0].prompt.endswith("use less than 10 tokens:\n")
+
+
+def test_dpo_pairs_chosen_budgeted_rejected_vanilla():
+    pairs, report = build_dpo_pairs(FakeBackend(model), PROBLEMS, RESULTS, max_new_tokens=64)
+    assert [(p.id, p.chosen_tokens, p.rejected_tokens) for p in pairs] == [("p0", 10, 30), ("p2", 20, 30)]
+    assert pairs[0].chosen == "short answer [[1]]" and pairs[0].rejected.endswith("[[1]]")
+    assert pairs[0].prompt.endswith("Let's think step by step:\n")
+    long_chosen = [RESULTS[0].__class__("p0", 30, True, 10, 40, "long " * 39 + "[[1]]", True)]
+    with pytest.raises(ValueError, match="no DPO pairs left"):
+        build_dpo_pairs(FakeBackend(model), PROBLEMS, long_chosen, max_new_tokens=64)
+    kept, _ = build_dpo_pairs(FakeBackend(model), PROBLEMS, long_chosen, max_new_tokens=64, keep_all=True)
+    assert len(kept) == 1
+
+
+def test_empty_and_foreign_results_are_errors():
+    with pytest.raises(ValueError, match="no SFT examples left"):
+        build_sft_examples(FakeBackend(model), PROBLEMS, [RESULTS[1]], max_new_tokens=64)
+    foreign = [BudgetSearchResult("gsm8k:train:0", 30, True, 10, 10, "", True)]
+    with pytest.raises(ValueError, match="another dataset or split"):
+        build_sft_examples(FakeBackend(model), PROBLEMS, foreign, max_new_tokens=64)
+
+
+def test_contamination_by_id_and_by_normalised_text():
+    train = [Problem("gsm8k:train:0", "Janet’s ducks lay 16 eggs per day.", "1", "gsm8k"),
+             Problem("gsm8k:train:1", "Something else entirely?", "2", "gsm8k")]
+    zero = [Problem("gsm8k-zero:test:5", "janet's ducks lay 16 eggs per day", "16", "gsm8k-zero")]
+    with pytest.raises(LeakageError, match="1 training questions overlap.*same text"):
+        check_no_overlap(train, zero)
+    kept, dropped = drop_overlap(train, zero)
+    assert [p.id for p in kept] == ["gsm8k:train:1"] and dropped == ["gsm8k:train:0"]
+    check_no_overlap(kept, zero)
+    with pytest.raises(LeakageError, match="same id"):
+        check_no_overlap(zero, zero)
+
+
+def test_save_and_dataset(tmp_path):
+    examples, report = build_sft_examples(FakeBackend(model), PROBLEMS, RESULTS, max_new_tokens=64)
+    path = save_jsonl(examples, tmp_path / "sft.jsonl", {"model": "fake", "report": report.skipped})
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["id"] for r in rows] == ["p0", "p2"]
+    assert json.loads((tmp_path / "sft.jsonl.provenance.json").read_text())["model"] == "fake"
+    with pytest.raises(FileExistsError):
+        save_jsonl(examples, path, {})
+    ds = to_dataset(examples)
+    assert ds.num_rows == 2 and {"prompt", "completion"} <= set(ds.column_names)
