@@ -3,6 +3,9 @@
     python -m budgetlib search --data gsm8k --split train --model Qwen/Qwen2.5-1.5B-Instruct \\
         --out results/02_budget_search/gsm8k-train
 
+    python -m budgetlib train sft --recipe tale_pt_sft --profile full --data sft.jsonl --out runs/sft
+    accelerate launch -m budgetlib train sft ...      # several GPUs
+
 Runs are resumable: rerun the same command after an interruption and it
 continues where it stopped.
 """
@@ -36,6 +39,22 @@ def _search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from .training.config import load_recipe
+    from .training.data import load_jsonl
+    from .training.train import train
+
+    overrides = {"max_steps": args.max_steps} if args.max_steps else {}
+    config = load_recipe(args.recipe, args.profile, **overrides)
+    if config.kind != args.kind:
+        raise ValueError(f"recipe {args.recipe!r} is for {config.kind}, not {args.kind}")
+    result = train(config, load_jsonl(args.data), args.out, model=args.model)
+    print(json.dumps({"adapter": str(result.adapter_dir), "global_step": result.global_step,
+                      "resumed_from": result.resumed_from,
+                      "final_loss": next((h["loss"] for h in reversed(result.log_history) if "loss" in h), None)}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m budgetlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", default="cli", help="label stored in the run metadata")
     s.add_argument("--no-cache", action="store_true", help="do not use the on-disk generation cache")
     s.set_defaults(func=_search)
+    t = sub.add_parser("train", help="TALE-PT LoRA training (trl) from a recipe; resumes from its last checkpoint")
+    t.add_argument("kind", choices=("sft", "dpo"))
+    t.add_argument("--recipe", required=True, help="a YAML path or a shipped recipe name (tale_pt_sft, tale_pt_dpo)")
+    t.add_argument("--profile", default="smoke", choices=("smoke", "full"))
+    t.add_argument("--data", required=True, help="JSONL written by budgetlib.training.data.save_jsonl")
+    t.add_argument("--model", default=None, help="base model: hub id or local safetensors dir (default: embedded)")
+    t.add_argument("--out", required=True, help="output directory (checkpoints, adapter/)")
+    t.add_argument("--max-steps", type=int, default=None)
+    t.set_defaults(func=_train)
     return parser
 
 
@@ -65,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (data.DataError, RunError, FileNotFoundError, ValueError) as exc:
+    except (data.DataError, RunError, FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -93,7 +93,7 @@ class HFBackend:
 
     def __init__(self, model: str | os.PathLike | None = None, *, revision: str | None = None,
                  device: str | None = None, dtype: str | None = None, batch_size: int = 16,
-                 progress: bool = True):
+                 progress: bool = True, adapter: str | os.PathLike | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -125,9 +125,12 @@ class HFBackend:
         except OSError as exc:
             raise OSError(f"could not load model {self.model_id!r} (a local directory with config.json "
                           f"and safetensors, or a hub id reachable from here): {exc}") from exc
-        self.model.eval()
         if self.revision is None:
             self.revision = getattr(self.model.config, "_commit_hash", None)
+        self.adapter = None
+        if adapter is not None:
+            self._merge_adapter(Path(adapter))
+        self.model.eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -135,9 +138,23 @@ class HFBackend:
         eos = [eos] if isinstance(eos, int) else list(eos or [])
         self.eos_ids = frozenset(eos + [self.tokenizer.eos_token_id])
 
+    def _merge_adapter(self, path: Path) -> None:
+        """Apply a trained LoRA adapter (peft) and merge it into the weights."""
+        import hashlib
+
+        from peft import PeftModel
+
+        weights = path / "adapter_model.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(f"no LoRA adapter at {path} (adapter_model.safetensors missing)")
+        self.model = PeftModel.from_pretrained(self.model, str(path)).merge_and_unload()
+        digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
+        self.adapter = {"path": str(path), "sha256": digest}
+        self.model_id = f"{self.model_id}+lora:{digest}"
+
     def identity(self) -> dict[str, Any]:
         return {"model": self.model_id, "revision": self.revision, "backend": "hf",
-                "dtype": self.dtype, "device": self.device.split(":")[0]}
+                "dtype": self.dtype, "device": self.device.split(":")[0], "adapter": self.adapter}
 
     def render(self, prompt: str, assistant_prefix: str | None = None) -> str:
         return render_chat(self.tokenizer, prompt, assistant_prefix)

@@ -32,7 +32,7 @@ from ..data import Problem, check_problems
 from ..prompts import BUDGETED_COT, VANILLA_COT
 
 __all__ = ["LeakageError", "normalize_question", "check_no_overlap", "drop_overlap", "SFTExample", "DPOPair",
-           "BuildReport", "build_sft_examples", "build_dpo_pairs", "save_jsonl", "to_dataset"]
+           "BuildReport", "build_sft_examples", "build_dpo_pairs", "save_jsonl", "load_jsonl", "to_dataset"]
 
 
 class LeakageError(ValueError):
@@ -199,6 +199,22 @@ def save_jsonl(items: Sequence[SFTExample | DPOPair], path: str | Path, provenan
     path.with_suffix(path.suffix + ".provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
     tmp.replace(path)
     return path
+
+
+def load_jsonl(path: str | Path) -> list[SFTExample | DPOPair]:
+    """Examples written by `save_jsonl` (SFT or DPO, told apart by their fields)."""
+    from ..runs import read_jsonl
+
+    items: list[SFTExample | DPOPair] = []
+    for lineno, row in enumerate(read_jsonl(Path(path)), start=1):
+        kind = DPOPair if "chosen" in row else SFTExample
+        try:
+            items.append(kind(**row))
+        except TypeError as exc:
+            raise ValueError(f"{path}:{lineno}: not a {kind.__name__} row ({exc}); keys: {sorted(row)}") from None
+    if not items:
+        raise ValueError(f"{path}: no training examples")
+    return items
 
 
 def to_dataset(items: Sequence[SFTExample | DPOPair]):

@@ -1,0 +1,69 @@
+"""Training recipes: YAML files with a `smoke` and a `full` profile, read into
+a frozen dataclass. Recipes shipped with budgetlib live in
+`budgetlib/recipes/` (so a pip or Colab install has them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Literal, Union
+
+__all__ = ["TrainConfig", "load_recipe", "RECIPES_DIR", "RecipeError"]
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be used: the message names the file and key."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    kind: Literal["sft", "dpo"]
+    epochs: float = 1.0
+    batch_size: int = 4
+    learning_rate: float = 1e-4
+    max_length: int = 512
+    lora_r: int = 8
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    target_modules: Union[str, tuple[str, ...]] = "all-linear"
+    completion_only_loss: bool = True  # SFT only
+    beta: float = 0.1  # DPO only
+    max_steps: int = -1  # > 0 overrides epochs
+    save_steps: int = 50
+    logging_steps: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in ("sft", "dpo"):
+            raise RecipeError(f"kind must be 'sft' or 'dpo', got {self.kind!r}")
+        if isinstance(self.target_modules, list):
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+        for name in ("batch_size", "max_length", "lora_r", "save_steps", "logging_steps"):
+            if getattr(self, name) < 1:
+                raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_rate <= 0 or self.epochs <= 0:
+            raise RecipeError("learning_rate and epochs must be > 0")
+
+
+def load_recipe(recipe: str | Path, profile: str = "smoke", **overrides) -> TrainConfig:
+    """Read `profile` from a recipe file (a path, or the name of one in
+    `RECIPES_DIR`, e.g. ``"tale_pt_sft"``), then apply `overrides`."""
+    import yaml
+
+    path = Path(recipe)
+    if not path.suffix:
+        path = RECIPES_DIR / f"{recipe}.yaml"
+    if not path.is_file():
+        known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+        raise RecipeError(f"recipe not found: {path}; shipped recipes: {known}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if profile not in data:
+        raise RecipeError(f"{path}: no profile {profile!r}; it has {sorted(data)}")
+    values = {**data[profile], **overrides}
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RecipeError(f"{path} [{profile}]: unknown key(s) {unknown}; known: {sorted(known)}")
+    return TrainConfig(**values)

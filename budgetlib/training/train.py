@@ -1,0 +1,114 @@
+"""LoRA training with trl: SFT (`SFTTrainer`) and DPO (`DPOTrainer`) on the
+TALE-PT data of `training.data`.
+
+The base model is loaded from safetensors (the embedded model's converted
+copy, a local directory or a hub id); GGUF-loaded models are not trainable.
+Prompts and answers are chat messages, so trl applies the model's chat
+template exactly as `HFBackend` does at inference. Checkpoints are written
+every `save_steps`; rerunning the same call resumes from the last one. On
+CPU, bf16 and gradient checkpointing are off (see ENVIRONMENT notes)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .config import TrainConfig
+from .data import DPOPair, SFTExample
+
+__all__ = ["TrainResult", "train", "base_model_source", "last_checkpoint"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    adapter_dir: Path
+    log_history: list[dict]
+    global_step: int
+    resumed_from: str | None
+
+
+def base_model_source(model: str | None) -> str:
+    """Where to load trainable weights from: the embedded model's safetensors copy for None."""
+    if model is None:
+        from ..backends.hf import embedded_model_dir
+
+        return str(embedded_model_dir())
+    return str(model)
+
+
+def last_checkpoint(output_dir: Path) -> str | None:
+    checkpoints = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+    return str(checkpoints[-1]) if checkpoints else None
+
+
+def _messages(items: Sequence[SFTExample | DPOPair], kind: str):
+    import datasets
+
+    rows = []
+    for x in items:
+        prompt = [{"role": "user", "content": x.prompt}]
+        if kind == "sft":
+            if not isinstance(x, SFTExample):
+                raise TypeError(f"SFT needs SFTExample items, got {type(x).__name__}")
+            rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": x.completion}]})
+        else:
+            if not isinstance(x, DPOPair):
+                raise TypeError(f"DPO needs DPOPair items, got {type(x).__name__}")
+            rows.append({"prompt": prompt, "chosen": [{"role": "assistant", "content": x.chosen}],
+                         "rejected": [{"role": "assistant", "content": x.rejected}]})
+    return datasets.Dataset.from_list(rows)
+
+
+def train(config: TrainConfig, items: Sequence[SFTExample | DPOPair], output_dir: str | Path, *,
+          model: str | None = None, resume: bool = True) -> TrainResult:
+    """Train a LoRA adapter on `items` and save it to ``<output_dir>/adapter``."""
+    import torch
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not items:
+        raise ValueError("no training items")
+    output_dir = Path(output_dir)
+    if (output_dir / "adapter" / "adapter_config.json").exists():
+        raise FileExistsError(f"{output_dir}/adapter exists: a finished run is never overwritten; "
+                              "use another output_dir")
+    source = base_model_source(model)
+    cuda = torch.cuda.is_available()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16 if cuda else torch.float32,
+                                                use_safetensors=True)
+    targets = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=targets, task_type="CAUSAL_LM")
+    common = dict(output_dir=str(output_dir), num_train_epochs=config.epochs, max_steps=config.max_steps,
+                  per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
+                  logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
+                  report_to="none", seed=config.seed, use_cpu=not cuda, bf16=cuda,
+                  gradient_checkpointing=False, max_length=config.max_length, disable_tqdm=True)
+    dataset = _messages(items, config.kind)
+    if config.kind == "sft":
+        from trl import SFTConfig, SFTTrainer
+
+        args = SFTConfig(completion_only_loss=config.completion_only_loss, **common)
+        trainer = SFTTrainer(model=base, args=args, train_dataset=dataset, processing_class=tokenizer,
+                             peft_config=lora)
+    else:
+        from trl import DPOConfig, DPOTrainer
+
+        args = DPOConfig(beta=config.beta, **common)
+        trainer = DPOTrainer(model=base, ref_model=None, args=args, train_dataset=dataset,
+                             processing_class=tokenizer, peft_config=lora)
+    checkpoint = last_checkpoint(output_dir) if resume else None
+    if checkpoint:
+        log.info("resuming from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+    adapter_dir = output_dir / "adapter"
+    trainer.save_model(str(adapter_dir))
+    (output_dir / "train_config.json").write_text(__import__("json").dumps(asdict(config), indent=2, default=str))
+    return TrainResult(adapter_dir, list(trainer.state.log_history), trainer.state.global_step, checkpoint)

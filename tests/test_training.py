@@ -1,0 +1,87 @@
+"""Tiny LoRA training runs on the embedded model (CPU, about a minute)."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from budgetlib.prompts import VANILLA_COT
+from budgetlib.training.config import RecipeError, load_recipe
+from budgetlib.training.data import DPOPair, SFTExample, save_jsonl
+
+pytestmark = pytest.mark.integration
+
+ITEMS = [SFTExample(f"p{i}", VANILLA_COT.render(f"Ava has {i} apples. Ava gets 2 more. How many apples now?"),
+                    f"{i} + 2 = {i + 2}. Answer: [[{i + 2}]]", 10, 12, "search") for i in range(8)]
+
+
+def losses(result):
+    return [h["loss"] for h in result.log_history if "loss" in h]
+
+
+def test_sft_learns_saves_reloads_and_resumes(tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from budgetlib.backends.hf import HFBackend, embedded_model_dir
+    from budgetlib.training.train import train
+
+    config = load_recipe("tale_pt_sft", max_steps=2, save_steps=1, learning_rate=1e-3)
+    first = train(config, ITEMS, tmp_path / "sft")
+    assert first.global_step == 2 and first.resumed_from is None
+    # killed before the adapter was saved: the rerun resumes from the last checkpoint
+    shutil.rmtree(tmp_path / "sft" / "adapter")
+    result = train(load_recipe("tale_pt_sft", max_steps=4, save_steps=1, learning_rate=1e-3), ITEMS, tmp_path / "sft")
+    assert result.resumed_from.endswith("checkpoint-2") and result.global_step == 4
+    values = losses(result)
+    assert all(torch.isfinite(torch.tensor(v)) for v in values) and values[-1] < values[0]
+
+    base = AutoModelForCausalLM.from_pretrained(embedded_model_dir(), dtype=torch.float32)
+    tuned = PeftModel.from_pretrained(base, str(result.adapter_dir))
+    lora_b = [p for n, p in tuned.named_parameters() if "lora_B" in n]
+    assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: training changed it
+
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    ids = tok(tuned_text := "Ava has 3 apples.", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        reference = tuned(ids).logits
+        merged = HFBackend(adapter=result.adapter_dir, progress=False)
+        assert merged.identity()["adapter"]["path"] == str(result.adapter_dir)
+        assert torch.allclose(merged.model(ids).logits, reference, atol=1e-4), tuned_text
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        train(config, ITEMS, tmp_path / "sft")
+
+
+def test_dpo_first_loss_is_log2_and_falls(tmp_path):
+    from budgetlib.training.train import train
+
+    pairs = [DPOPair(x.id, x.prompt, x.completion, "Let me think step by step. " * 8 + x.completion, 12, 60)
+             for x in ITEMS]
+    result = train(load_recipe("tale_pt_dpo", max_steps=2, learning_rate=1e-4), pairs, tmp_path / "dpo")
+    values = losses(result)
+    assert values[0] == pytest.approx(0.6931, abs=1e-3) and values[-1] < values[0]
+
+
+def test_cli_train_from_jsonl(tmp_path, capsys):
+    from budgetlib.cli import main
+
+    path = save_jsonl(ITEMS[:4], tmp_path / "sft.jsonl", {"test": True})
+    assert main(["train", "sft", "--recipe", "tale_pt_sft", "--data", str(path), "--out", str(tmp_path / "run"),
+                 "--max-steps", "1"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # trl prints its own dicts first
+    assert out["global_step"] == 1 and (tmp_path / "run" / "adapter" / "adapter_config.json").exists()
+    assert main(["train", "dpo", "--recipe", "tale_pt_sft", "--data", str(path), "--out", str(tmp_path / "x")]) == 2
+
+
+def test_recipe_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("smoke:\n  kind: sft\n  learning_rat: 0.1\n")
+    with pytest.raises(RecipeError, match=r"bad\.yaml \[smoke\]: unknown key\(s\) \['learning_rat'\]"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="no profile 'huge'"):
+        load_recipe("tale_pt_sft", "huge")
+    with pytest.raises(RecipeError, match="shipped recipes"):
+        load_recipe("nope")
+    full = load_recipe("tale_pt_sft", "full")
+    assert (full.lora_r, full.lora_alpha, full.epochs, full.batch_size, full.learning_rate) == (8, 32, 3, 16, 1e-4)
