@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = ["redundancy_figure", "elasticity_figure", "budget_histogram", "search_trace_figure", "frontier_figure",
-           "estimate_scatter", "save"]
+           "estimate_scatter", "training_figure", "save"]
 
 
 def save(fig, path: str | Path | None) -> None:
@@ -191,6 +191,34 @@ def estimate_scatter(frame, path: str | Path | None = None, title: str | None = 
     ax.legend(fontsize=8)
     if title:
         ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    save(fig, path)
+    return fig
+
+
+def training_figure(histories: dict, path: str | Path | None = None, title: str | None = None,
+                    extra: str | None = None):
+    """Training loss per step for each run (`histories`: name -> trl
+    log_history); with `extra` (e.g. ``"rewards/margins"`` for DPO) a second
+    panel for that logged value."""
+    import matplotlib.pyplot as plt
+
+    panels = 2 if extra else 1
+    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.6), squeeze=False)
+    for name, history in histories.items():
+        rows = [h for h in history if "loss" in h and "step" in h]
+        axes[0][0].plot([h["step"] for h in rows], [float(h["loss"]) for h in rows], "o-", label=name)
+        if extra:
+            rows = [h for h in history if extra in h and "step" in h]
+            axes[0][1].plot([h["step"] for h in rows], [float(h[extra]) for h in rows], "o-", label=name)
+    axes[0][0].set_ylabel("training loss")
+    if extra:
+        axes[0][1].set_ylabel(extra)
+    for ax in axes[0]:
+        ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     save(fig, path)
     return fig

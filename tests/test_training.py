@@ -85,3 +85,15 @@ def test_recipe_errors(tmp_path):
         load_recipe("nope")
     full = load_recipe("tale_pt_sft", "full")
     assert (full.lora_r, full.lora_alpha, full.epochs, full.batch_size, full.learning_rate) == (8, 32, 3, 16, 1e-4)
+
+
+def test_train_or_reuse_returns_the_finished_run(tmp_path):
+    from budgetlib.training.train import train_or_reuse
+
+    config = load_recipe("tale_pt_sft", max_steps=1)
+    first = train_or_reuse(config, ITEMS[:4], tmp_path / "r")
+    again = train_or_reuse(config, ITEMS[:4], tmp_path / "r")
+    assert again.adapter_dir == first.adapter_dir and again.log_history == first.log_history
+    assert again.global_step == first.global_step == 1
+    with pytest.raises(FileExistsError, match="another config"):
+        train_or_reuse(load_recipe("tale_pt_sft", max_steps=2), ITEMS[:4], tmp_path / "r")

@@ -10,6 +10,7 @@ CPU, bf16 and gradient checkpointing are off (see ENVIRONMENT notes)."""
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +19,7 @@ from typing import Sequence
 from .config import TrainConfig
 from .data import DPOPair, SFTExample
 
-__all__ = ["TrainResult", "train", "base_model_source", "last_checkpoint"]
+__all__ = ["TrainResult", "train", "train_or_reuse", "base_model_source", "last_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,23 @@ def train(config: TrainConfig, items: Sequence[SFTExample | DPOPair], output_dir
         log.info("resuming from %s", checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
     adapter_dir = output_dir / "adapter"
-    trainer.save_model(str(adapter_dir))
-    (output_dir / "train_config.json").write_text(__import__("json").dumps(asdict(config), indent=2, default=str))
-    return TrainResult(adapter_dir, list(trainer.state.log_history), trainer.state.global_step, checkpoint)
+    history = list(trainer.state.log_history)
+    (output_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
+    (output_dir / "log_history.json").write_text(json.dumps(history, indent=2, default=str))
+    trainer.save_model(str(adapter_dir))  # last: the adapter's presence means the run finished
+    return TrainResult(adapter_dir, history, trainer.state.global_step, checkpoint)
+
+
+def train_or_reuse(config: TrainConfig, items: Sequence[SFTExample | DPOPair], output_dir: str | Path, *,
+                   model: str | None = None) -> TrainResult:
+    """`train`, unless `output_dir` already holds a finished run of the same
+    config, which is returned as it is (a different config there is an error)."""
+    output_dir = Path(output_dir)
+    if (output_dir / "adapter" / "adapter_config.json").exists():
+        saved = json.loads((output_dir / "train_config.json").read_text())
+        if saved != json.loads(json.dumps(asdict(config), default=str)):
+            raise FileExistsError(f"{output_dir} holds a run with another config; use another output_dir")
+        history = json.loads((output_dir / "log_history.json").read_text())
+        steps = max((h.get("step", 0) for h in history), default=0)
+        return TrainResult(output_dir / "adapter", history, steps, None)
+    return train(config, items, output_dir, model=model)
