@@ -93,7 +93,7 @@ class HFBackend:
 
     def __init__(self, model: str | os.PathLike | None = None, *, revision: str | None = None,
                  device: str | None = None, dtype: str | None = None, batch_size: int = 16,
-                 progress: bool = True, adapter: str | os.PathLike | None = None):
+                 progress: bool = True, adapter: str | os.PathLike | Sequence[str | os.PathLike] | None = None):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -128,8 +128,9 @@ class HFBackend:
         if self.revision is None:
             self.revision = getattr(self.model.config, "_commit_hash", None)
         self.adapter = None
-        if adapter is not None:
-            self._merge_adapter(Path(adapter))
+        adapters = [] if adapter is None else [adapter] if isinstance(adapter, (str, os.PathLike)) else list(adapter)
+        for path in adapters:  # in order: e.g. a cold-start SFT adapter, then a GRPO one trained on top
+            self._merge_adapter(Path(path))
         self.model.eval()
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
@@ -149,7 +150,9 @@ class HFBackend:
             raise FileNotFoundError(f"no LoRA adapter at {path} (adapter_model.safetensors missing)")
         self.model = PeftModel.from_pretrained(self.model, str(path)).merge_and_unload()
         digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
-        self.adapter = {"path": str(path), "sha256": digest}
+        merged = {"path": str(path), "sha256": digest}
+        self.adapter = merged if self.adapter is None else [*([self.adapter] if isinstance(self.adapter, dict)
+                                                                else self.adapter), merged]
         self.model_id = f"{self.model_id}+lora:{digest}"
 
     def identity(self) -> dict[str, Any]:

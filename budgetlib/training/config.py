@@ -19,7 +19,7 @@ class RecipeError(ValueError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    kind: Literal["sft", "dpo"]
+    kind: Literal["sft", "dpo", "grpo"]
     epochs: float = 1.0
     batch_size: int = 4
     learning_rate: float = 1e-4
@@ -29,15 +29,18 @@ class TrainConfig:
     lora_dropout: float = 0.0
     target_modules: Union[str, tuple[str, ...]] = "all-linear"
     completion_only_loss: bool = True  # SFT only
-    beta: float = 0.1  # DPO only
+    beta: float = 0.1  # DPO (and GRPO's KL weight when set in a grpo recipe)
+    num_generations: int = 4  # GRPO: samples per prompt
+    temperature: float = 0.6  # GRPO sampling
+    max_completion_length: int = 128  # GRPO
     max_steps: int = -1  # > 0 overrides epochs
     save_steps: int = 50
     logging_steps: int = 1
     seed: int = 0
 
     def __post_init__(self):
-        if self.kind not in ("sft", "dpo"):
-            raise RecipeError(f"kind must be 'sft' or 'dpo', got {self.kind!r}")
+        if self.kind not in ("sft", "dpo", "grpo"):
+            raise RecipeError(f"kind must be 'sft', 'dpo' or 'grpo', got {self.kind!r}")
         if isinstance(self.target_modules, list):
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
         for name in ("batch_size", "max_length", "lora_r", "save_steps", "logging_steps"):

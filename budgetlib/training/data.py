@@ -32,7 +32,7 @@ from ..data import Problem, check_problems
 from ..prompts import BUDGETED_COT, VANILLA_COT
 
 __all__ = ["LeakageError", "normalize_question", "check_no_overlap", "drop_overlap", "SFTExample", "DPOPair",
-           "BuildReport", "build_sft_examples", "build_dpo_pairs", "save_jsonl", "load_jsonl", "to_dataset"]
+           "GRPOPrompt", "BuildReport", "build_sft_examples", "build_dpo_pairs", "save_jsonl", "load_jsonl", "to_dataset"]
 
 
 class LeakageError(ValueError):
@@ -96,6 +96,17 @@ class DPOPair:
     rejected: str
     chosen_tokens: int
     rejected_tokens: int
+
+
+@dataclass(frozen=True)
+class GRPOPrompt:
+    """A GRPO training prompt with what the reward needs: the gold answer and
+    the upper budget (the model's own correct answer length, else the cap)."""
+
+    id: str
+    prompt: str
+    answer: str
+    upper_budget: int
 
 
 @dataclass
@@ -201,13 +212,13 @@ def save_jsonl(items: Sequence[SFTExample | DPOPair], path: str | Path, provenan
     return path
 
 
-def load_jsonl(path: str | Path) -> list[SFTExample | DPOPair]:
+def load_jsonl(path: str | Path) -> list[SFTExample | DPOPair | GRPOPrompt]:
     """Examples written by `save_jsonl` (SFT or DPO, told apart by their fields)."""
     from ..runs import read_jsonl
 
-    items: list[SFTExample | DPOPair] = []
+    items: list[SFTExample | DPOPair | GRPOPrompt] = []
     for lineno, row in enumerate(read_jsonl(Path(path)), start=1):
-        kind = DPOPair if "chosen" in row else SFTExample
+        kind = DPOPair if "chosen" in row else GRPOPrompt if "upper_budget" in row else SFTExample
         try:
             items.append(kind(**row))
         except TypeError as exc:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .config import TrainConfig
-from .data import DPOPair, SFTExample
+from .data import DPOPair, GRPOPrompt, SFTExample
 
 __all__ = ["TrainResult", "train", "train_or_reuse", "base_model_source", "last_checkpoint"]
 
@@ -46,13 +46,17 @@ def last_checkpoint(output_dir: Path) -> str | None:
     return str(checkpoints[-1]) if checkpoints else None
 
 
-def _messages(items: Sequence[SFTExample | DPOPair], kind: str):
+def _messages(items: Sequence[SFTExample | DPOPair | GRPOPrompt], kind: str):
     import datasets
 
     rows = []
     for x in items:
         prompt = [{"role": "user", "content": x.prompt}]
-        if kind == "sft":
+        if kind == "grpo":
+            if not isinstance(x, GRPOPrompt):
+                raise TypeError(f"GRPO needs GRPOPrompt items, got {type(x).__name__}")
+            rows.append({"prompt": prompt, "answer": x.answer, "upper_budget": x.upper_budget})
+        elif kind == "sft":
             if not isinstance(x, SFTExample):
                 raise TypeError(f"SFT needs SFTExample items, got {type(x).__name__}")
             rows.append({"prompt": prompt, "completion": [{"role": "assistant", "content": x.completion}]})
@@ -64,9 +68,12 @@ def _messages(items: Sequence[SFTExample | DPOPair], kind: str):
     return datasets.Dataset.from_list(rows)
 
 
-def train(config: TrainConfig, items: Sequence[SFTExample | DPOPair], output_dir: str | Path, *,
-          model: str | None = None, resume: bool = True) -> TrainResult:
-    """Train a LoRA adapter on `items` and save it to ``<output_dir>/adapter``."""
+def train(config: TrainConfig, items: Sequence[SFTExample | DPOPair | GRPOPrompt], output_dir: str | Path, *,
+          model: str | None = None, init_adapter: str | Path | None = None, resume: bool = True) -> TrainResult:
+    """Train a LoRA adapter on `items` and save it to ``<output_dir>/adapter``.
+    `init_adapter` (e.g. SelfBudgeter's cold-start SFT) is merged into the
+    base first, so the new adapter trains on top of it; at inference load
+    both (`HFBackend(adapter=[init_adapter, adapter])`)."""
     import torch
     from peft import LoraConfig
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -84,6 +91,10 @@ def train(config: TrainConfig, items: Sequence[SFTExample | DPOPair], output_dir
         tokenizer.pad_token = tokenizer.eos_token
     base = AutoModelForCausalLM.from_pretrained(source, dtype=torch.bfloat16 if cuda else torch.float32,
                                                 use_safetensors=True)
+    if init_adapter is not None:
+        from peft import PeftModel
+
+        base = PeftModel.from_pretrained(base, str(init_adapter)).merge_and_unload()
     targets = config.target_modules if isinstance(config.target_modules, str) else list(config.target_modules)
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                       target_modules=targets, task_type="CAUSAL_LM")
@@ -91,7 +102,9 @@ def train(config: TrainConfig, items: Sequence[SFTExample | DPOPair], output_dir
                   per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
                   logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
                   report_to="none", seed=config.seed, use_cpu=not cuda, bf16=cuda,
-                  gradient_checkpointing=False, max_length=config.max_length, disable_tqdm=True)
+                  gradient_checkpointing=False, disable_tqdm=True)
+    if config.kind != "grpo":
+        common["max_length"] = config.max_length
     dataset = _messages(items, config.kind)
     if config.kind == "sft":
         from trl import SFTConfig, SFTTrainer
@@ -99,12 +112,22 @@ def train(config: TrainConfig, items: Sequence[SFTExample | DPOPair], output_dir
         args = SFTConfig(completion_only_loss=config.completion_only_loss, **common)
         trainer = SFTTrainer(model=base, args=args, train_dataset=dataset, processing_class=tokenizer,
                              peft_config=lora)
-    else:
+    elif config.kind == "dpo":
         from trl import DPOConfig, DPOTrainer
 
         args = DPOConfig(beta=config.beta, **common)
         trainer = DPOTrainer(model=base, ref_model=None, args=args, train_dataset=dataset,
                              processing_class=tokenizer, peft_config=lora)
+    else:
+        from trl import GRPOConfig, GRPOTrainer
+
+        from .rewards import selfbudgeter_reward
+
+        args = GRPOConfig(num_generations=config.num_generations, temperature=config.temperature,
+                          max_completion_length=config.max_completion_length, beta=0.0, use_vllm=False,
+                          log_completions=False, **common)
+        trainer = GRPOTrainer(model=base, reward_funcs=[selfbudgeter_reward], args=args, train_dataset=dataset,
+                              processing_class=tokenizer, peft_config=lora)
     checkpoint = last_checkpoint(output_dir) if resume else None
     if checkpoint:
         log.info("resuming from %s", checkpoint)
