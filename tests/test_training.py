@@ -97,3 +97,4 @@ def test_train_or_reuse_returns_the_finished_run(tmp_path):
     assert again.global_step == first.global_step == 1
     with pytest.raises(FileExistsError, match="another config"):
         train_or_reuse(load_recipe("tale_pt_sft", max_steps=2), ITEMS[:4], tmp_path / "r")
+
