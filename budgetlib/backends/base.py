@@ -74,14 +74,16 @@ def prefixes_for(assistant_prefix: str | Sequence[str] | None, n: int) -> list[s
 
 
 def generate_in_batches(backend: Backend, prompts: Sequence[str], *, max_new_tokens: int,
-                        batch_size: int | None = None, assistant_prefix: str | None = None) -> list[Generation]:
+                        batch_size: int | None = None, assistant_prefix: str | None = None,
+                        temperature: float = 0.0, seed: int = 0) -> list[Generation]:
     """`backend.generate` in calls of at most `batch_size` prompts (None: one
     call), checking that every call returns one generation per prompt."""
     out: list[Generation] = []
     step = batch_size or max(len(prompts), 1)
     for start in range(0, len(prompts), step):
         chunk = list(prompts[start:start + step])
-        gens = backend.generate(chunk, max_new_tokens=max_new_tokens, assistant_prefix=assistant_prefix)
+        gens = backend.generate(chunk, max_new_tokens=max_new_tokens, assistant_prefix=assistant_prefix,
+                                temperature=temperature, seed=seed)
         if len(gens) != len(chunk):
             raise RuntimeError(f"backend {backend.model_id!r} returned {len(gens)} generations for "
                                f"{len(chunk)} prompts")

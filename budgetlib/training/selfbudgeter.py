@@ -19,7 +19,7 @@ from typing import Any, Sequence
 from ..answers import extract_answer, is_correct
 from ..backends.base import Backend, generate_in_batches
 from ..data import Problem, check_problems
-from ..evaluate import wilson_interval
+from ..evaluate import summarize
 from ..prompts import SELFBUDGETER, VANILLA_COT
 from .data import BuildReport, GRPOPrompt, SFTExample
 from .rewards import parse_selfbudgeter
@@ -51,12 +51,9 @@ def build_cold_start(backend: Backend, problems: Sequence[Problem], *, max_new_t
     report = BuildReport(n_results=len(problems) * samples)
     examples, seen = [], set()
     for k in range(samples):
-        prompts = [VANILLA_COT.render(p.question) for p in problems]
-        gens = []
-        step = batch_size or max(len(prompts), 1)
-        for start in range(0, len(prompts), step):  # sampled: seed k per round
-            gens.extend(backend.generate(prompts[start:start + step], max_new_tokens=max_new_tokens,
-                                         temperature=temperature, seed=k))
+        gens = generate_in_batches(backend, [VANILLA_COT.render(p.question) for p in problems],
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   temperature=temperature, seed=k)  # sampled: seed k per round
         for p, g in zip(problems, gens, strict=True):
             if g.finish_reason != "stop":
                 report.skip("truncated")
@@ -99,25 +96,18 @@ def evaluate_selfbudgeter(backend: Backend, problems: Sequence[Problem], *, max_
         parsed = parse_selfbudgeter((prefix or "") + g.text)
         prediction = parsed.answer if parsed.solution is not None else extract_answer(g.text)
         stated = preset if preset is not None else parsed.budget
-        rows.append({"id": p.id, "preset": preset, "stated_budget": stated, "well_formed": parsed.well_formed,
+        rows.append({"id": p.id, "preset": preset, "budget": stated, "well_formed": parsed.well_formed,
                      "problem": parsed.problem, "prediction": prediction, "gold": p.answer,
                      "correct": is_correct(prediction, p.answer), "n_output_tokens": g.n_output_tokens,
                      "finish_reason": g.finish_reason, "output": g.text})
-    n = len(rows)
-    k = sum(r["correct"] for r in rows)
-    low, high = wilson_interval(k, n)
-    stated = [r for r in rows if r["stated_budget"]]
-    summary = {
-        "n": n, "accuracy": k / n, "accuracy_ci_low": low, "accuracy_ci_high": high,
-        "mean_output_tokens": statistics.fmean(r["n_output_tokens"] for r in rows),
-        "well_formed_rate": sum(r["well_formed"] for r in rows) / n,
-        "truncated_rate": sum(r["finish_reason"] == "length" for r in rows) / n,
-        "mean_stated_budget": statistics.fmean(r["stated_budget"] for r in stated) if stated else None,
-        "within_budget_rate": (sum(r["n_output_tokens"] <= r["stated_budget"] for r in stated) / len(stated)
-                               if stated else None),
-        "mean_relative_deviation": (statistics.fmean(abs(r["n_output_tokens"] - r["stated_budget"]) / r["stated_budget"]
+    summary = summarize(rows)  # accuracy (Wilson 95%), tokens, truncation, share within the stated budget
+    stated = [r for r in rows if r["budget"]]
+    summary.update({
+        "well_formed_rate": sum(r["well_formed"] for r in rows) / len(rows),
+        "mean_stated_budget": summary["mean_budget"],
+        "mean_relative_deviation": (statistics.fmean(abs(r["n_output_tokens"] - r["budget"]) / r["budget"]
                                                      for r in stated) if stated else None),
-    }
+    })
     return rows, summary
 
 
