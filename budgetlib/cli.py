@@ -4,6 +4,8 @@
         --out results/02_budget_search/gsm8k-train
 
     python -m budgetlib train sft --recipe tale_pt_sft --profile full --data sft.jsonl --out runs/sft
+    python -m budgetlib train grpo --recipe selfbudgeter_grpo --profile full --data grpo.jsonl \
+        --init-adapter runs/cold_start/adapter --out runs/grpo        # SelfBudgeter
     accelerate launch -m budgetlib train sft ...      # several GPUs
 
 Runs are resumable: rerun the same command after an interruption and it
@@ -48,7 +50,7 @@ def _train(args: argparse.Namespace) -> int:
     config = load_recipe(args.recipe, args.profile, **overrides)
     if config.kind != args.kind:
         raise ValueError(f"recipe {args.recipe!r} is for {config.kind}, not {args.kind}")
-    result = train(config, load_jsonl(args.data), args.out, model=args.model)
+    result = train(config, load_jsonl(args.data), args.out, model=args.model, init_adapter=args.init_adapter)
     print(json.dumps({"adapter": str(result.adapter_dir), "global_step": result.global_step,
                       "resumed_from": result.resumed_from,
                       "final_loss": next((h["loss"] for h in reversed(result.log_history) if "loss" in h), None)}))
@@ -76,14 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", default="cli", help="label stored in the run metadata")
     s.add_argument("--no-cache", action="store_true", help="do not use the on-disk generation cache")
     s.set_defaults(func=_search)
-    t = sub.add_parser("train", help="TALE-PT LoRA training (trl) from a recipe; resumes from its last checkpoint")
-    t.add_argument("kind", choices=("sft", "dpo"))
-    t.add_argument("--recipe", required=True, help="a YAML path or a shipped recipe name (tale_pt_sft, tale_pt_dpo)")
+    t = sub.add_parser("train", help="LoRA training (trl) from a recipe; resumes from its last checkpoint")
+    t.add_argument("kind", choices=("sft", "dpo", "grpo"))
+    t.add_argument("--recipe", required=True, help="a YAML path or a shipped recipe name (tale_pt_sft, tale_pt_dpo, "
+                                                   "selfbudgeter_sft, selfbudgeter_grpo)")
     t.add_argument("--profile", default="smoke", choices=("smoke", "full"))
     t.add_argument("--data", required=True, help="JSONL written by budgetlib.training.data.save_jsonl")
     t.add_argument("--model", default=None, help="base model: hub id or local safetensors dir (default: embedded)")
     t.add_argument("--out", required=True, help="output directory (checkpoints, adapter/)")
     t.add_argument("--max-steps", type=int, default=None)
+    t.add_argument("--init-adapter", default=None, help="adapter merged into the base first (GRPO on a cold start)")
     t.set_defaults(func=_train)
     return parser
 

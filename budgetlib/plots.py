@@ -4,9 +4,10 @@ given a path (PNG), and returns the matplotlib Figure."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 __all__ = ["redundancy_figure", "elasticity_figure", "budget_histogram", "search_trace_figure", "frontier_figure",
-           "estimate_scatter", "training_figure", "save"]
+           "estimate_scatter", "training_figure", "adherence_figure", "save"]
 
 
 def save(fig, path: str | Path | None) -> None:
@@ -197,25 +198,51 @@ def estimate_scatter(frame, path: str | Path | None = None, title: str | None = 
 
 
 def training_figure(histories: dict, path: str | Path | None = None, title: str | None = None,
-                    extra: str | None = None):
-    """Training loss per step for each run (`histories`: name -> trl
-    log_history); with `extra` (e.g. ``"rewards/margins"`` for DPO) a second
-    panel for that logged value."""
+                    keys: Sequence[str] = ("loss",)):
+    """One panel per logged value in `keys` (e.g. ``"loss"``, DPO's
+    ``"rewards/margins"``, GRPO's ``"reward"``), per step, one line per run
+    (`histories`: name -> trl log_history)."""
     import matplotlib.pyplot as plt
 
-    panels = 2 if extra else 1
-    fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 3.6), squeeze=False)
-    for name, history in histories.items():
-        rows = [h for h in history if "loss" in h and "step" in h]
-        axes[0][0].plot([h["step"] for h in rows], [float(h["loss"]) for h in rows], "o-", label=name)
-        if extra:
-            rows = [h for h in history if extra in h and "step" in h]
-            axes[0][1].plot([h["step"] for h in rows], [float(h[extra]) for h in rows], "o-", label=name)
-    axes[0][0].set_ylabel("training loss")
-    if extra:
-        axes[0][1].set_ylabel(extra)
-    for ax in axes[0]:
+    fig, axes = plt.subplots(1, len(keys), figsize=(4.6 * len(keys), 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for name, history in histories.items():
+            rows = [h for h in history if key in h and "step" in h]
+            ax.plot([h["step"] for h in rows], [float(h[key]) for h in rows], "o-", label=name)
+        ax.set_ylabel("training loss" if key == "loss" else key)
         ax.set_xlabel("step")
+        ax.legend(fontsize=8)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path)
+    return fig
+
+
+def adherence_figure(sweeps: dict, own: dict, path: str | Path | None = None, title: str | None = None):
+    """SelfBudgeter budget adherence. Left: user-preset budget N against the
+    mean actual output length, one line per model (`sweeps`: name -> frame
+    with ``preset`` and ``mean_output_tokens``), and y = x. Right: the
+    model's own stated budget against its actual length, per question
+    (`own`: name -> rows with ``budget`` and ``n_output_tokens``)."""
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    top = 1
+    for name, frame in sweeps.items():
+        left.plot(frame["preset"], frame["mean_output_tokens"], "o-", label=name)
+        top = max(top, frame["preset"].max(), frame["mean_output_tokens"].max())
+    left.plot([0, top], [0, top], "k:", label="actual = preset")
+    left.set(xlabel="preset budget N (prefilled)", ylabel="mean actual output tokens")
+    top = 1
+    for name, rows in own.items():
+        stated = [(r["budget"], r["n_output_tokens"]) for r in rows if r["budget"]]
+        if stated:
+            right.scatter(*zip(*stated), s=14, alpha=0.7, label=f"{name} ({len(stated)}/{len(rows)} stated)")
+            top = max(top, *(max(x) for x in zip(*stated)))
+    right.plot([0, top], [0, top], "k:", label="actual = stated")
+    right.set(xlabel="budget the model stated", ylabel="actual output tokens")
+    for ax in (left, right):
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)

@@ -49,3 +49,73 @@ def test_malformed_outputs_are_reported():
     rows, summary = evaluate_selfbudgeter(FakeBackend(lambda *a: "just [[1]]"), PROBLEMS[:1], max_new_tokens=8)
     assert summary["well_formed_rate"] == 0.0 and rows[0]["problem"] == "no <budget>N</budget>"
     assert rows[0]["correct"] and summary["within_budget_rate"] is None
+
+
+class WordTokenizer:
+    """Tokens are whitespace words, and each tag is one more token."""
+
+    def encode(self, text, add_special_tokens=False):
+        return re.sub(r"(</?\w+>)", r" \1 ", text).split()
+
+
+def test_cold_start_budget_counts_the_whole_formatted_answer():
+    from budgetlib.training.selfbudgeter import labelled_answer
+
+    text, budget = labelled_answer("a b c [[4]]", 4, WordTokenizer())
+    assert len(WordTokenizer().encode(text)) == budget == 4 + 5  # 4 tags and the number itself
+    assert text == "<budget>9</budget><solution>a b c [[4]]</solution>"
+    assert labelled_answer("a b c [[4]]", 4) == ("<budget>4</budget><solution>a b c [[4]]</solution>", 4)
+
+
+def test_cold_start_uses_the_backend_tokenizer():
+    backend = FakeBackend(model)
+    backend.tokenizer = WordTokenizer()
+    examples, _ = build_cold_start(backend, PROBLEMS, max_new_tokens=64)
+    assert examples[0].budget == 15 and examples[0].completion.startswith("<budget>15</budget>")
+
+
+def test_runs_are_written_reused_and_resumed(tmp_path):
+    from budgetlib.runs import read_jsonl
+    from budgetlib.training.selfbudgeter import selfbudgeter_run
+
+    calls = []
+
+    def counting(prompt, *args):
+        calls.append(prompt)
+        return model(prompt, *args)
+
+    backend = FakeBackend(counting)
+    opts = dict(max_new_tokens=64, dataset="toy", profile="smoke", root=tmp_path)
+    rows, summary = selfbudgeter_run(backend, PROBLEMS, **opts)
+    run_dirs = list((tmp_path / "07_selfbudgeter").iterdir())
+    assert len(run_dirs) == 1 and len(calls) == 4
+    assert [r["id"] for r in read_jsonl(run_dirs[0] / "items.jsonl")] == ["p0", "p1", "p2", "p3"]
+    assert rows[0]["method"] == "selfbudgeter" and summary["accuracy"] == 1.0
+    assert selfbudgeter_run(backend, PROBLEMS, **opts) == (rows, summary) and len(calls) == 4  # reused
+    # a run killed after two rows resumes with the other two only
+    (run_dirs[0] / "summary.json").unlink()
+    lines = (run_dirs[0] / "items.jsonl").read_text().splitlines()
+    (run_dirs[0] / "items.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    assert selfbudgeter_run(backend, PROBLEMS, **opts)[1] == summary and len(calls) == 6
+    sweep = preset_sweep(backend, PROBLEMS, [8], **opts)
+    assert sweep.loc[0, "mean_output_tokens"] == 8 and len(list((tmp_path / "07_selfbudgeter").iterdir())) == 2
+
+
+def test_adherence_and_training_figures(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from budgetlib.plots import adherence_figure, training_figure
+
+    sweep = pd.DataFrame({"preset": [16, 64], "mean_output_tokens": [30.0, 50.0]})
+    own = [{"budget": 20, "n_output_tokens": 25}, {"budget": None, "n_output_tokens": 40}]
+    fig = adherence_figure({"m": sweep}, {"m": own}, tmp_path / "a.png")
+    left, right = fig.axes
+    assert list(left.lines[0].get_ydata()) == [30.0, 50.0] and list(left.lines[1].get_xdata()) == [0, 64]
+    assert right.collections[0].get_offsets().tolist() == [[20, 25]] and (tmp_path / "a.png").stat().st_size > 0
+    assert "1/2 stated" in right.get_legend().get_texts()[0].get_text()
+    history = [{"step": 1, "loss": 0.5, "reward": -1.0}, {"step": 2, "loss": 0.4, "reward": 0.5}, {"step": 2}]
+    fig = training_figure({"g": history}, keys=("loss", "reward"))
+    assert [list(ax.lines[0].get_ydata()) for ax in fig.axes] == [[0.5, 0.4], [-1.0, 0.5]]

@@ -98,3 +98,34 @@ def test_train_or_reuse_returns_the_finished_run(tmp_path):
     with pytest.raises(FileExistsError, match="another config"):
         train_or_reuse(load_recipe("tale_pt_sft", max_steps=2), ITEMS[:4], tmp_path / "r")
 
+
+
+def test_grpo_after_cold_start_changes_lora_and_logs_finite_rewards(tmp_path):
+    """SelfBudgeter on the embedded model: a cold-start SFT teaches the
+    format, then 2 GRPO steps (2 prompts x 4 samples) on top of it."""
+    from safetensors.torch import load_file
+
+    from budgetlib.prompts import SELFBUDGETER
+    from budgetlib.training.data import GRPOPrompt
+    from budgetlib.training.selfbudgeter import format_answer
+    from budgetlib.training.train import train
+
+    questions = [f"Ava has {i} apples. Ava gets 2 more. How many apples now?" for i in range(8)]
+    cold = [SFTExample(f"p{i}", SELFBUDGETER.render(q), format_answer(12, f"{i} + 2 = {i + 2}. [[{i + 2}]]"),
+                       12, 12, "cold_start") for i, q in enumerate(questions)]
+    sft = train(load_recipe("selfbudgeter_sft", max_steps=6, learning_rate=1e-3), cold, tmp_path / "cold")
+    prompts = [GRPOPrompt(f"p{i}", SELFBUDGETER.render(q), str(i + 2), 12) for i, q in enumerate(questions)]
+    config = load_recipe("selfbudgeter_grpo", max_steps=2, batch_size=8, num_generations=4,
+                         max_completion_length=24, temperature=1.0, save_steps=10)
+    result = train(config, prompts[:4], tmp_path / "grpo", init_adapter=sft.adapter_dir)
+    assert result.global_step == 2
+    logged = [h for h in result.log_history if "reward" in h]
+    assert len(logged) == 2 and all(torch.isfinite(torch.tensor(h["reward"])) for h in logged)
+    assert all(-2.0 <= h["reward"] <= 2.0 for h in logged)  # the reward's range
+    assert all(0.0 <= h["selfbudgeter/well_formed"] <= 1.0 for h in logged)
+    assert logged[0]["selfbudgeter/alpha"] == pytest.approx(6.0)  # alpha anneals from 6.0 at step 0
+    assert logged[1]["selfbudgeter/alpha"] < 6.0
+    assert any(h["selfbudgeter/well_formed"] > 0 for h in logged)  # the cold start taught the format
+    weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: GRPO changed it

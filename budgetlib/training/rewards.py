@@ -34,7 +34,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..answers import extract_answer, is_correct
 
@@ -152,28 +152,44 @@ def accuracy_reward(completions: Sequence[Any], answer: Sequence[str], **kwargs)
 
 def selfbudgeter_reward(completions: Sequence[Any], answer: Sequence[str], upper_budget: Sequence[int],
                         alpha: float | None = None, trainer_state: Any = None,
-                        completion_ids: Sequence[Sequence[int]] | None = None, **kwargs) -> list[float]:
-    """The combined reward of the module docstring.
+                        completion_ids: Sequence[Sequence[int]] | None = None,
+                        log_metric: Callable[[str, float], None] | None = None, **kwargs) -> list[float]:
+    """The combined reward of the module docstring. With `log_metric` (trl
+    passes one) it also logs, per batch, α and the shares of well-formed,
+    correct and within-budget completions as ``selfbudgeter/...``.
 
     >>> good = "<budget>5</budget><solution>1 + 1 = [[2]]</solution>"  # 5 words
     >>> bad = "<budget>5</budget><solution>1 + 1 = [[3]]</solution>"
     >>> selfbudgeter_reward([good, bad, "[[2]]"], answer=["2"] * 3, upper_budget=[50] * 3, alpha=0.1)
     [2.0, -1.0, -2.0]
+    >>> logged = {}
+    >>> _ = selfbudgeter_reward([good, bad], answer=["2"] * 2, upper_budget=[50] * 2, alpha=1.0,
+    ...                         log_metric=logged.__setitem__)
+    >>> logged["selfbudgeter/correct"], logged["selfbudgeter/within_budget"]
+    (0.5, 1.0)
     """
     alpha = anneal_alpha(trainer_state) if alpha is None else alpha
     texts = [completion_text(c) for c in completions]
     lengths = _lengths(texts, completion_ids)
-    rewards = []
+    rewards, formed, correct, within = [], 0, 0, 0
     for text, length, gold, upper in zip(texts, lengths, answer, upper_budget, strict=True):
         parsed = parse_selfbudgeter(text)
         if not parsed.well_formed:
             rewards.append(MALFORMED_REWARD)
             continue
+        formed += 1
+        within += length <= parsed.budget
         penalty = 0.5 * min((parsed.budget - upper) / upper, 1.0) if parsed.budget > upper else 0.0
         if is_correct(parsed.answer, gold):
+            correct += 1
             rewards.append(1.0 + length_score(length, parsed.budget, alpha) - penalty)
         else:
             rewards.append(-1.0 - penalty)
+    if log_metric is not None and texts:
+        log_metric("selfbudgeter/alpha", alpha)
+        log_metric("selfbudgeter/well_formed", formed / len(texts))
+        log_metric("selfbudgeter/correct", correct / len(texts))
+        log_metric("selfbudgeter/within_budget", within / formed if formed else 0.0)
     return rewards
 
 

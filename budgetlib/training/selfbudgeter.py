@@ -20,12 +20,14 @@ from ..answers import extract_answer, is_correct
 from ..backends.base import Backend, generate_in_batches
 from ..data import Problem, check_problems
 from ..evaluate import summarize
+from ..runs import Run, run_metadata, start_run
 from ..prompts import SELFBUDGETER, VANILLA_COT
+from ..tokens import count_tokens
 from .data import BuildReport, GRPOPrompt, SFTExample
 from .rewards import parse_selfbudgeter
 
-__all__ = ["preset_prefix", "format_answer", "build_cold_start", "grpo_prompts", "evaluate_selfbudgeter",
-           "preset_sweep"]
+__all__ = ["preset_prefix", "format_answer", "labelled_answer", "build_cold_start", "grpo_prompts",
+           "evaluate_selfbudgeter", "summarize_selfbudgeter", "selfbudgeter_run", "preset_sweep"]
 
 
 def preset_prefix(budget: int) -> str:
@@ -39,16 +41,35 @@ def format_answer(budget: int, solution: str) -> str:
     return f"<budget>{budget}</budget><solution>{solution.strip()}</solution>"
 
 
+def labelled_answer(solution: str, n_output_tokens: int, tokenizer=None) -> tuple[str, int]:
+    """`solution` formatted with its own length as the budget. The budget
+    counts the whole formatted answer (tags included: what the reward and
+    the adherence measures count), found as a fixed point of
+    N = tokens(format_answer(N, solution)). Without a tokenizer (scripted
+    backends) N is the solution's own `n_output_tokens`."""
+    if tokenizer is None:
+        return format_answer(n_output_tokens, solution), n_output_tokens
+    budget = n_output_tokens
+    for _ in range(8):
+        n = count_tokens(tokenizer, format_answer(budget, solution))
+        if n == budget:
+            break
+        budget = n
+    return format_answer(budget, solution), budget
+
+
 def build_cold_start(backend: Backend, problems: Sequence[Problem], *, max_new_tokens: int, samples: int = 1,
                      temperature: float = 0.0, batch_size: int | None = None
                      ) -> tuple[list[SFTExample], BuildReport]:
     """Cold-start SFT data: for each problem, `samples` vanilla-CoT answers
     (greedy when 1), the correct and finished ones kept, each labelled with
-    its own output length as the budget. Raises when none is left."""
+    its own length as the budget (`labelled_answer`, with the backend's
+    tokenizer when it has one). Raises when none is left."""
     check_problems(problems, "build cold-start data from")
     if samples < 1 or (samples > 1 and temperature <= 0):
         raise ValueError("samples must be >= 1, and more than one sample needs temperature > 0")
     report = BuildReport(n_results=len(problems) * samples)
+    tokenizer = getattr(backend, "tokenizer", None)
     examples, seen = [], set()
     for k in range(samples):
         gens = generate_in_batches(backend, [VANILLA_COT.render(p.question) for p in problems],
@@ -63,9 +84,9 @@ def build_cold_start(backend: Backend, problems: Sequence[Problem], *, max_new_t
                 report.skip("duplicate sample")
             else:
                 seen.add((p.id, g.text))
+                completion, budget = labelled_answer(g.text, g.n_output_tokens, tokenizer)
                 examples.append(SFTExample(p.id if samples == 1 else f"{p.id}#{k}", SELFBUDGETER.render(p.question),
-                                           format_answer(g.n_output_tokens, g.text), g.n_output_tokens,
-                                           g.n_output_tokens, "cold_start"))
+                                           completion, budget, budget, "cold_start"))
     report.kept = len(examples)
     if not examples:
         raise ValueError(f"no cold-start examples: none of {report.n_results} answers was correct ({report.skipped})")
@@ -82,25 +103,21 @@ def grpo_prompts(problems: Sequence[Problem], cold_start: Sequence[SFTExample], 
     return [GRPOPrompt(p.id, SELFBUDGETER.render(p.question), p.answer, shortest.get(p.id, cap)) for p in problems]
 
 
-def evaluate_selfbudgeter(backend: Backend, problems: Sequence[Problem], *, max_new_tokens: int,
-                          preset: int | None = None, batch_size: int | None = None
-                          ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Rows and a summary: accuracy (Wilson 95%), output tokens, the share of
-    well-formed answers, and adherence to the stated (or `preset`) budget."""
-    check_problems(problems, "evaluate")
-    prefix = preset_prefix(preset) if preset is not None else None
-    gens = generate_in_batches(backend, [SELFBUDGETER.render(p.question) for p in problems],
-                               max_new_tokens=max_new_tokens, batch_size=batch_size, assistant_prefix=prefix)
-    rows = []
-    for p, g in zip(problems, gens, strict=True):
-        parsed = parse_selfbudgeter((prefix or "") + g.text)
-        prediction = parsed.answer if parsed.solution is not None else extract_answer(g.text)
-        stated = preset if preset is not None else parsed.budget
-        rows.append({"id": p.id, "preset": preset, "budget": stated, "well_formed": parsed.well_formed,
-                     "problem": parsed.problem, "prediction": prediction, "gold": p.answer,
-                     "correct": is_correct(prediction, p.answer), "n_output_tokens": g.n_output_tokens,
-                     "finish_reason": g.finish_reason, "output": g.text})
-    summary = summarize(rows)  # accuracy (Wilson 95%), tokens, truncation, share within the stated budget
+def _judge(p: Problem, g, prefix: str | None, preset: int | None, method: str) -> dict[str, Any]:
+    parsed = parse_selfbudgeter((prefix or "") + g.text)
+    prediction = parsed.answer if parsed.solution is not None else extract_answer(g.text)
+    return {"id": p.id, "method": method, "preset": preset,
+            "budget": preset if preset is not None else parsed.budget, "well_formed": parsed.well_formed,
+            "problem": parsed.problem, "prediction": prediction, "gold": p.answer,
+            "correct": is_correct(prediction, p.answer), "n_output_tokens": g.n_output_tokens,
+            "finish_reason": g.finish_reason, "output": g.text}
+
+
+def summarize_selfbudgeter(rows: Sequence[dict[str, Any]], *, model: str | None = None) -> dict[str, Any]:
+    """`evaluate.summarize` (accuracy with its Wilson 95% interval, tokens,
+    truncation, share within the stated budget, expense with `model`) plus
+    the share of well-formed answers and the mean |actual − stated| / stated."""
+    summary = summarize(rows, model=model)
     stated = [r for r in rows if r["budget"]]
     summary.update({
         "well_formed_rate": sum(r["well_formed"] for r in rows) / len(rows),
@@ -108,15 +125,65 @@ def evaluate_selfbudgeter(backend: Backend, problems: Sequence[Problem], *, max_
         "mean_relative_deviation": (statistics.fmean(abs(r["n_output_tokens"] - r["budget"]) / r["budget"]
                                                      for r in stated) if stated else None),
     })
+    return summary
+
+
+def evaluate_selfbudgeter(backend: Backend, problems: Sequence[Problem], *, max_new_tokens: int,
+                          preset: int | None = None, batch_size: int | None = None, run: Run | None = None,
+                          chunk_size: int = 64) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rows and a summary (`summarize_selfbudgeter`) of greedy answers to the
+    SelfBudgeter prompt, with the model's own budget or a `preset` one. The
+    output length counts every generated token after the prefill. With
+    `run`, rows already there are reused and new rows appended chunk by chunk."""
+    check_problems(problems, "evaluate")
+    prefix = preset_prefix(preset) if preset is not None else None
+    method = "selfbudgeter" if preset is None else f"selfbudgeter@{preset}"
+    done = {r["id"]: r for r in run.items()} if run is not None else {}
+    todo = [p for p in problems if p.id not in done]
+    for start in range(0, len(todo), chunk_size):
+        chunk = todo[start:start + chunk_size]
+        gens = generate_in_batches(backend, [SELFBUDGETER.render(p.question) for p in chunk],
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size, assistant_prefix=prefix)
+        rows = [_judge(p, g, prefix, preset, method) for p, g in zip(chunk, gens, strict=True)]
+        if run is not None:
+            run.append(rows)
+        done.update((r["id"], r) for r in rows)
+    rows = [done[p.id] for p in problems]
+    summary = summarize_selfbudgeter(rows, model=backend.model_id)
+    if run is not None and not run.finished:
+        run.finish(summary)
     return rows, summary
 
 
+def selfbudgeter_run(backend: Backend, problems: Sequence[Problem], *, max_new_tokens: int, dataset: str,
+                     profile: str, preset: int | None = None, step: str = "07_selfbudgeter", root=None,
+                     batch_size: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`evaluate_selfbudgeter` inside a run directory found by a hash of its
+    config (``results/<step>/<hash>/``): computed once, resumed or reused."""
+    identity = backend.identity()
+    config = {"method": "selfbudgeter", "template": SELFBUDGETER.text, "preset": preset,
+              "max_new_tokens": max_new_tokens, "backend": identity, "dataset": dataset,
+              "ids": [p.id for p in problems]}
+    run = start_run(step, config, metadata=run_metadata(identity, dataset=dataset, n=len(problems), profile=profile),
+                    root=root)
+    return evaluate_selfbudgeter(backend, problems, max_new_tokens=max_new_tokens, preset=preset,
+                                 batch_size=batch_size, run=run)
+
+
 def preset_sweep(backend: Backend, problems: Sequence[Problem], budgets: Sequence[int], *, max_new_tokens: int,
-                 batch_size: int | None = None):
+                 batch_size: int | None = None, **run_options):
     """User-preset budgets: for each N, prefill ``<budget>N</budget>`` and
-    measure actual length, accuracy and adherence (a pandas frame)."""
+    measure actual length, accuracy and adherence (a pandas frame). With
+    `run_options` (dataset, profile, step, root) each N is a reusable run."""
     import pandas as pd
 
-    return pd.DataFrame([{"preset": b, **evaluate_selfbudgeter(backend, problems, max_new_tokens=max_new_tokens,
-                                                               preset=b, batch_size=batch_size)[1]}
-                         for b in budgets])
+    rows = []
+    for b in budgets:
+        if run_options:
+            summary = selfbudgeter_run(backend, problems, max_new_tokens=max_new_tokens, preset=b,
+                                       batch_size=batch_size, **run_options)[1]
+        else:
+            summary = evaluate_selfbudgeter(backend, problems, max_new_tokens=max_new_tokens, preset=b,
+                                            batch_size=batch_size)[1]
+        rows.append({"preset": b, **summary})
+    return pd.DataFrame(rows)

@@ -1,5 +1,7 @@
 """LoRA training with trl: SFT (`SFTTrainer`) and DPO (`DPOTrainer`) on the
-TALE-PT data of `training.data`.
+TALE-PT data of `training.data`, and SelfBudgeter's budget-guided GRPO
+(`GRPOTrainer` with `rewards.selfbudgeter_reward`, on top of a cold-start
+SFT adapter).
 
 The base model is loaded from safetensors (the embedded model's converted
 copy, a local directory or a hub id); GGUF-loaded models are not trainable.
@@ -140,8 +142,8 @@ def train(config: TrainConfig, items: Sequence[SFTExample | DPOPair | GRPOPrompt
     return TrainResult(adapter_dir, history, trainer.state.global_step, checkpoint)
 
 
-def train_or_reuse(config: TrainConfig, items: Sequence[SFTExample | DPOPair], output_dir: str | Path, *,
-                   model: str | None = None) -> TrainResult:
+def train_or_reuse(config: TrainConfig, items: Sequence[SFTExample | DPOPair | GRPOPrompt], output_dir: str | Path, *,
+                   model: str | None = None, init_adapter: str | Path | None = None) -> TrainResult:
     """`train`, unless `output_dir` already holds a finished run of the same
     config, which is returned as it is (a different config there is an error)."""
     output_dir = Path(output_dir)
@@ -152,4 +154,4 @@ def train_or_reuse(config: TrainConfig, items: Sequence[SFTExample | DPOPair], o
         history = json.loads((output_dir / "log_history.json").read_text())
         steps = max((h.get("step", 0) for h in history), default=0)
         return TrainResult(output_dir / "adapter", history, steps, None)
-    return train(config, items, output_dir, model=model)
+    return train(config, items, output_dir, model=model, init_adapter=init_adapter)
