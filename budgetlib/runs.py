@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .paths import project_root
 
-__all__ = ["Run", "RunError", "start_run", "open_run", "run_metadata", "config_hash", "environment_info", "results_root", "read_jsonl"]
+__all__ = ["Run", "RunError", "start_run", "open_run", "find_runs", "run_metadata", "config_hash", "environment_info",
+           "results_root", "read_jsonl"]
 
 log = logging.getLogger(__name__)
 VERSIONED = ("budgetlib", "torch", "transformers", "trl", "peft", "datasets", "numpy", "pandas")
@@ -209,3 +210,15 @@ def open_run(run_dir: str | Path, config: dict[str, Any], *, metadata: dict[str,
     tmp.write_text(json.dumps(normalised, indent=2, sort_keys=True))
     os.replace(tmp, config_path)  # config.json last: its presence means the run is set up
     return Run(run_dir)
+
+
+def find_runs(step: str, where: Callable[[dict[str, Any]], bool] | None = None, *,
+              root: str | Path | None = None) -> list[Run]:
+    """The finished runs of `step` whose config passes `where`, oldest first
+    (by the time their summary was written): how a later notebook reads an
+    earlier one's results without recomputing them."""
+    root = Path(root) if root is not None else results_root()
+    runs = [Run(d) for d in sorted((root / step).glob("*/")) if (d / "summary.json").exists()
+            and (d / "config.json").exists()]
+    runs = [r for r in runs if where is None or where(r.config)]
+    return sorted(runs, key=lambda r: r.summary_path.stat().st_mtime_ns)

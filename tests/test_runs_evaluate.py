@@ -120,3 +120,19 @@ def test_evaluate_rejects_bad_input(fake, problems):
         evaluate(fake, [], VANILLA, max_new_tokens=8)
     with pytest.raises(ValueError, match="unique"):
         evaluate(fake, [problems[0], problems[0]], VANILLA, max_new_tokens=8)
+
+
+def test_find_runs_filters_finished_runs_oldest_first(tmp_path):
+    import os
+
+    from budgetlib.runs import find_runs, start_run
+
+    a = start_run("s", {"method": "a"}, root=tmp_path)
+    b = start_run("s", {"method": "b"}, root=tmp_path)
+    start_run("s", {"method": "c"}, root=tmp_path)  # unfinished: never returned
+    b.finish({"n": 1})
+    a.finish({"n": 2})
+    os.utime(b.summary_path, ns=(1, 1))  # b's summary is older
+    assert [r.config["method"] for r in find_runs("s", root=tmp_path)] == ["b", "a"]
+    assert [r.summary()["n"] for r in find_runs("s", lambda c: c["method"] == "a", root=tmp_path)] == [2]
+    assert find_runs("missing", root=tmp_path) == []
