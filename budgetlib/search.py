@@ -21,6 +21,15 @@ backend call per round; `search_budgets_sequential` is the plain
 one-question-at-a-time reference (what the peer code does). Both drive the
 same per-question state machine, so with a deterministic backend they return
 identical results.
+
+``ladder=True`` (halving only) asks each question's whole halving ladder
+β0/2, β0/4, ... ≥ `min_budget` (`halving_ladder`) in one call after the
+vanilla pass and then replays the same state machine over those answers: the
+same results with a deterministic backend, one round instead of several, at
+the price of also generating the candidates below the first infeasible one.
+One question's candidates differ only in the budget number, so with
+``shared_prefix`` on (the default in ladder mode) a backend that supports it
+(`HFBackend`) encodes the common prompt prefix once per question.
 """
 
 from __future__ import annotations
@@ -34,12 +43,13 @@ from typing import Any, Iterator, Literal, Sequence
 
 from .answers import extract_answer, is_correct
 from .backends.base import Backend, Generation, generate_in_batches
+from .backends.prefix_cache import prefix_sharing
 from .data import Problem, check_problems
 from .prompts import BUDGETED_COT, VANILLA_COT
 from .runs import RunError, read_jsonl
 
 __all__ = ["SearchConfig", "TraceStep", "BudgetSearchResult", "search_budgets", "search_budgets_sequential",
-           "search_run", "summarize_search", "results_frame",
+           "halving_ladder", "search_run", "summarize_search", "results_frame",
            "STRATEGIES", "FEASIBILITIES"]
 
 log = logging.getLogger(__name__)
@@ -191,6 +201,38 @@ class _ResultsFile:
             f.flush()
 
 
+def halving_ladder(start: int, floor: int = 1) -> list[int]:
+    """`start`, ⌊start/2⌋, ⌊start/4⌋, ... while ≥ `floor`: every budget the
+    halving search can try from `start` (⌊⌊x/2⌋/2⌋ = ⌊x/4⌋). Empty when
+    `start` < `floor`.
+
+    >>> halving_ladder(70, floor=4)
+    [70, 35, 17, 8, 4]
+    """
+    if floor < 1:
+        raise ValueError(f"floor must be >= 1, got {floor}")
+    out = []
+    while start >= floor:
+        out.append(start)
+        start //= 2
+    return out
+
+
+def _replay_ladder(backend: Backend, active: Sequence[_QuestionSearch], config: SearchConfig,
+                   batch_size: int | None) -> None:
+    """Ladder mode: generate every halving candidate of every question in one
+    call (question by question, so one question's candidates sit together),
+    then run each question's state machine to the end over those answers."""
+    requests = [(s, b) for s in active if not s.done
+                for b in halving_ladder(s.vanilla_tokens // 2, config.min_budget)]
+    gens = generate_in_batches(backend, [BUDGETED_COT.render(s.problem.question, b) for s, b in requests],
+                               max_new_tokens=config.max_new_tokens, batch_size=batch_size)
+    answers = {(id(s), b): g for (s, b), g in zip(requests, gens)}
+    for s in active:
+        while (budget := s.next_budget()) is not None:
+            s.observe(answers[(id(s), budget)])
+
+
 def _chunks(items: Sequence, size: int | None) -> Iterator[Sequence]:
     step = size or max(len(items), 1)
     for start in range(0, len(items), step):
@@ -200,16 +242,28 @@ def _chunks(items: Sequence, size: int | None) -> Iterator[Sequence]:
 def search_budgets(backend: Backend, problems: Sequence[Problem], *, strategy: str = "halving",
                    feasibility: str = "elastic", min_budget: int = 1, tolerance: int = 1,
                    max_new_tokens: int = 512, batch_size: int | None = None, group_size: int | None = 1024,
-                   results_path: str | Path | None = None, progress: bool = True) -> list[BudgetSearchResult]:
+                   results_path: str | Path | None = None, progress: bool = True, ladder: bool = False,
+                   shared_prefix: bool | None = None) -> list[BudgetSearchResult]:
     """Batched search: each round sends every still-searching question's next
     candidate to the backend in one call (or calls of at most `batch_size`
     prompts). Questions enter in groups of `group_size` (None: all at once)
     so a long run writes results early. Results come back in problem order;
     with `results_path` finished questions are appended as JSONL as they
-    finish, and a rerun skips them."""
+    finish, and a rerun skips them.
+
+    `ladder` (halving only): all of a question's halving candidates in one
+    call, then the same decisions (module docstring). `shared_prefix` for the
+    budgeted calls: None means on in ladder mode and the backend's own setting
+    otherwise (one round holds one candidate per question, whose prompts share
+    only the chat template's opening); backends without support ignore it.
+    Neither changes results, so neither is part of the search fingerprint."""
     from tqdm.auto import tqdm
 
     config = SearchConfig(strategy, feasibility, min_budget, tolerance, max_new_tokens)  # type: ignore[arg-type]
+    if ladder and strategy != "halving":
+        raise ValueError(f"ladder mode is the halving ladder; strategy {strategy!r} picks its candidates "
+                         "from earlier answers")
+    sharing = (True if ladder else None) if shared_prefix is None else shared_prefix
     check_problems(problems, "search")
     store = _ResultsFile(results_path, _fingerprint(backend, config))
     todo = [p for p in problems if p.id not in store.done]
@@ -219,6 +273,9 @@ def search_budgets(backend: Backend, problems: Sequence[Problem], *, strategy: s
         vanilla = generate_in_batches(backend, [VANILLA_COT.render(p.question) for p in group],
                                       max_new_tokens=max_new_tokens, batch_size=batch_size)
         active = [_QuestionSearch(p, g, config) for p, g in zip(group, vanilla)]
+        if ladder:
+            with prefix_sharing(backend, sharing):
+                _replay_ladder(backend, active, config, batch_size)
         while active:
             asked = [(s, s.next_budget()) for s in active]
             finished = [s for s, b in asked if b is None]
@@ -227,8 +284,10 @@ def search_budgets(backend: Backend, problems: Sequence[Problem], *, strategy: s
             active = [s for s, b in asked if b is not None]
             if not active:
                 break
-            gens = generate_in_batches(backend, [BUDGETED_COT.render(s.problem.question, s.pending) for s in active],
-                                       max_new_tokens=max_new_tokens, batch_size=batch_size)
+            with prefix_sharing(backend, sharing):
+                gens = generate_in_batches(backend, [BUDGETED_COT.render(s.problem.question, s.pending)
+                                                     for s in active],
+                                           max_new_tokens=max_new_tokens, batch_size=batch_size)
             for s, g in zip(active, gens):
                 s.observe(g)
     bar.close()
@@ -292,7 +351,8 @@ def search_run(backend: Backend, problems: Sequence[Problem], *, dataset: str, p
                step: str = "02_budget_search", root=None, run_dir=None, **search_kwargs: Any):
     """`search_budgets` inside a run directory found by a hash of its config
     (or `run_dir`): computed once, resumed if interrupted, reused afterwards.
-    Returns (results, run)."""
+    `ladder` and `shared_prefix` pass through to `search_budgets` and, since
+    they do not change results, not into the run's hash. Returns (results, run)."""
     from .runs import open_run, run_metadata, start_run
 
     config = {"search": asdict(SearchConfig(**{k: v for k, v in search_kwargs.items()

@@ -6,6 +6,13 @@ SmolLM2-135M-Instruct, from the GGUF shipped in the PyPI package
 saved once as plain safetensors under ``<BUDGETLIB_CACHE>/models/`` (~15 s the
 first time, ~1 s after). `HFBackend("org/model")` or `HFBackend(path)` loads
 another model (safetensors only, never remote code).
+
+With ``shared_prefix=True`` (on the backend or per `generate` call) prompts
+that share a long common token prefix, such as one question's budget
+candidates, have that prefix encoded once per batch and its KV cache copied
+to each candidate (see `budgetlib.backends.prefix_cache`). It is an execution
+detail like the batch size: greedy outputs are the plain path's up to float
+rounding, so it is not part of `identity()` or the generation cache key.
 """
 
 from __future__ import annotations
@@ -23,6 +30,8 @@ from typing import Any, Sequence
 from ..paths import cache_dir
 from ..prompts import render_chat
 from .base import Generation, check_request, prefixes_for
+from .prefix_cache import MIN_PREFIX, PrefillStats, group_by_prefix, pack_groups, prefill_shared, \
+    supports_prefix_sharing
 
 __all__ = ["HFBackend", "embedded_model_dir", "embedded_gguf_path", "EMBEDDED_MODEL_ID"]
 
@@ -89,17 +98,33 @@ class HFBackend:
     Prompts are sorted by length and generated in batches of `batch_size`
     with left padding; outputs come back in the input order. Device and dtype
     default to CUDA bf16 when a GPU is present, else CPU fp32.
+
+    `shared_prefix` (default off; `generate(..., shared_prefix=...)` overrides
+    it per call) groups prompts whose token ids share at least
+    `min_shared_prefix` leading tokens, encodes each group's prefix once per
+    batch and prefills only the suffixes; prompts without such a partner take
+    the plain path. `prefill_stats` counts the prompt tokens actually run
+    through the model either way.
     """
+
+    supports_shared_prefix = True
 
     def __init__(self, model: str | os.PathLike | None = None, *, revision: str | None = None,
                  device: str | None = None, dtype: str | None = None, batch_size: int = 16,
-                 progress: bool = True, adapter: str | os.PathLike | Sequence[str | os.PathLike] | None = None):
+                 progress: bool = True, adapter: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+                 shared_prefix: bool = False, min_shared_prefix: int = MIN_PREFIX):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        if min_shared_prefix < 1:
+            raise ValueError(f"min_shared_prefix must be >= 1, got {min_shared_prefix}")
         self.batch_size = batch_size
+        self.shared_prefix = bool(shared_prefix)
+        self.min_shared_prefix = min_shared_prefix
+        self.prefill_stats = PrefillStats()
+        self._sharing_ok: bool | None = None  # whether this model's cache can be shared (checked on first use)
         self.progress = progress
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
@@ -163,7 +188,10 @@ class HFBackend:
         return render_chat(self.tokenizer, prompt, assistant_prefix)
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
-                 seed: int = 0, assistant_prefix: str | Sequence[str] | None = None) -> list[Generation]:
+                 seed: int = 0, assistant_prefix: str | Sequence[str] | None = None,
+                 shared_prefix: bool | None = None) -> list[Generation]:
+        """Generations in the order of `prompts`. `shared_prefix` (None: the
+        backend's setting) turns shared-prefix prefill on or off for this call."""
         import torch
         from tqdm.auto import tqdm
 
@@ -177,25 +205,41 @@ class HFBackend:
             i = too_long[0]
             raise ValueError(f"prompt {i} has {len(ids[i])} tokens; with max_new_tokens={max_new_tokens} it exceeds "
                              f"{self.model_id}'s context of {context} tokens ({len(too_long)} prompts too long)")
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        share = self.shared_prefix if shared_prefix is None else bool(shared_prefix)
+        groups, plain = [], list(range(len(ids)))
+        if share and len(ids) > 1 and self._can_share():
+            groups, plain = group_by_prefix(ids, min_prefix=self.min_shared_prefix, max_group=self.batch_size)
+        batches: list[tuple[list[int], list | None]] = []
+        for batch_groups in pack_groups(sorted(groups, key=lambda g: -len(ids[g.members[0]])), self.batch_size):
+            batches.append(([m for g in batch_groups for m in g.members], batch_groups))
+        order = sorted(plain, key=lambda i: -len(ids[i]))
+        batches += [(order[start:start + self.batch_size], None) for start in range(0, len(order), self.batch_size)]
         results: list[Generation | None] = [None] * len(ids)
         torch.manual_seed(seed)
         with tqdm(total=len(ids), desc=f"generate ({self.model_id})", disable=not self.progress or not ids,
                   leave=False) as bar:
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
-                for i, gen in zip(batch, self._generate_batch([ids[i] for i in batch], max_new_tokens,
-                                                              temperature)):
+            for batch, batch_groups in batches:
+                for i, gen in zip(batch, self._generate_batch(ids, batch, max_new_tokens, temperature, batch_groups)):
                     results[i] = gen
                 bar.update(len(batch))
         return results  # type: ignore[return-value]
 
-    def _generate_batch(self, batch_ids: list[list[int]], max_new_tokens: int,
-                        temperature: float) -> list[Generation]:
+    def _can_share(self) -> bool:
+        if self._sharing_ok is None:
+            self._sharing_ok = supports_prefix_sharing(self.model)
+            if not self._sharing_ok:
+                log.warning("%s has sliding-window or recurrent cache layers: shared_prefix falls back to "
+                            "plain batches", self.model_id)
+        return self._sharing_ok
+
+    def _generate_batch(self, ids: list[list[int]], batch: list[int], max_new_tokens: int, temperature: float,
+                        groups: list | None = None) -> list[Generation]:
+        """Generate for the requests `batch` (indices into `ids`): one plain
+        left-padded batch, or with `groups` (covering exactly `batch`, in
+        order) the shared-prefix layout."""
         import torch
         from transformers import GenerationConfig
 
-        padded = self.tokenizer.pad({"input_ids": batch_ids}, padding=True, return_tensors="pt")
         sample = temperature > 0
         config = GenerationConfig(
             max_new_tokens=max_new_tokens, do_sample=sample,
@@ -203,10 +247,18 @@ class HFBackend:
             pad_token_id=self.tokenizer.pad_token_id, eos_token_id=sorted(self.eos_ids),
         )
         with torch.inference_mode():
-            out = self.model.generate(input_ids=padded["input_ids"].to(self.device),
-                                      attention_mask=padded["attention_mask"].to(self.device),
-                                      generation_config=config)
-        new_tokens = out[:, padded["input_ids"].shape[1]:].tolist()
+            if groups is None:
+                padded = self.tokenizer.pad({"input_ids": [ids[i] for i in batch]}, padding=True, return_tensors="pt")
+                kwargs = {"input_ids": padded["input_ids"].to(self.device),
+                          "attention_mask": padded["attention_mask"].to(self.device)}
+                width = padded["input_ids"].shape[1]
+                self.prefill_stats.plain_tokens += sum(len(ids[i]) for i in batch)
+            else:
+                shared = prefill_shared(self.model, ids, groups, pad_token_id=self.tokenizer.pad_token_id,
+                                        device=self.device, stats=self.prefill_stats)
+                kwargs, width = shared.generate_kwargs(), shared.width
+            out = self.model.generate(**kwargs, generation_config=config)
+        new_tokens = out[:, width:].tolist()
         gens = []
         for row in new_tokens:
             stop = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
