@@ -97,6 +97,13 @@ def test_train_or_reuse_returns_the_finished_run(tmp_path):
     assert again.global_step == first.global_step == 1
     with pytest.raises(FileExistsError, match="another config"):
         train_or_reuse(load_recipe("tale_pt_sft", max_steps=2), ITEMS[:4], tmp_path / "r")
+    # a run saved before a config key existed is reused when the key keeps its default
+    saved = json.loads((tmp_path / "r" / "train_config.json").read_text())
+    del saved["fused_logprobs"]
+    (tmp_path / "r" / "train_config.json").write_text(json.dumps(saved))
+    assert train_or_reuse(config, ITEMS[:4], tmp_path / "r").adapter_dir == first.adapter_dir
+    with pytest.raises(FileExistsError, match="another config"):
+        train_or_reuse(load_recipe("tale_pt_sft", max_steps=1, fused_logprobs=False), ITEMS[:4], tmp_path / "r")
 
 
 

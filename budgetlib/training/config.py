@@ -37,6 +37,7 @@ class TrainConfig:
     save_steps: int = 50
     logging_steps: int = 1
     seed: int = 0
+    fused_logprobs: bool = True  # DPO/GRPO: trl's fused LM head runs budgetlib's token_logprobs op
 
     def __post_init__(self):
         if self.kind not in ("sft", "dpo", "grpo"):

@@ -133,7 +133,13 @@ def train(config: TrainConfig, items: Sequence[SFTExample | DPOPair | GRPOPrompt
     checkpoint = last_checkpoint(output_dir) if resume else None
     if checkpoint:
         log.info("resuming from %s", checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    if config.fused_logprobs and config.kind in ("dpo", "grpo"):
+        from .fused_logprobs import use_budgetlib_logprobs
+
+        with use_budgetlib_logprobs():
+            trainer.train(resume_from_checkpoint=checkpoint)
+    else:
+        trainer.train(resume_from_checkpoint=checkpoint)
     adapter_dir = output_dir / "adapter"
     history = list(trainer.state.log_history)
     (output_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
@@ -149,7 +155,8 @@ def train_or_reuse(config: TrainConfig, items: Sequence[SFTExample | DPOPair | G
     output_dir = Path(output_dir)
     if (output_dir / "adapter" / "adapter_config.json").exists():
         saved = json.loads((output_dir / "train_config.json").read_text())
-        if saved != json.loads(json.dumps(asdict(config), default=str)):
+        defaults = json.loads(json.dumps(asdict(TrainConfig(kind=saved["kind"])), default=str))
+        if {**defaults, **saved} != json.loads(json.dumps(asdict(config), default=str)):  # keys added since
             raise FileExistsError(f"{output_dir} holds a run with another config; use another output_dir")
         history = json.loads((output_dir / "log_history.json").read_text())
         steps = max((h.get("step", 0) for h in history), default=0)
