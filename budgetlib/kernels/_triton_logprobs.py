@@ -256,8 +256,9 @@ def _accumulate_weight_grad(acc: torch.Tensor, dz: torch.Tensor, h: torch.Tensor
     if dz.dtype == torch.float32:
         acc.addmm_(dz.t(), h)
         return
+    h32 = h.float()  # fp32 products: a bf16 product per chunk, rounded before the sum, biases the gradient
     for v0 in range(0, acc.shape[0], _WGRAD_SLICE):
-        acc[v0:v0 + _WGRAD_SLICE].add_(dz[:, v0:v0 + _WGRAD_SLICE].t() @ h)
+        acc[v0:v0 + _WGRAD_SLICE].addmm_(dz[:, v0:v0 + _WGRAD_SLICE].t().float(), h32)
 
 
 def _backward(hidden, weight, targets, lse, ez, g_logp, g_ent, inv_temp, need_h, need_w, chunk_rows):

@@ -37,7 +37,9 @@ class TrainConfig:
     save_steps: int = 50
     logging_steps: int = 1
     seed: int = 0
-    fused_logprobs: bool = True  # DPO/GRPO: trl's fused LM head runs budgetlib's token_logprobs op
+    # DPO/GRPO: trl's fused LM head runs budgetlib.kernels (an execution detail, not part of a run's identity).
+    # Off by default until the Triton path has run on a GPU (LOG.md); on CPU it runs the PyTorch twin.
+    fused_logprobs: bool = False
 
     def __post_init__(self):
         if self.kind not in ("sft", "dpo", "grpo"):

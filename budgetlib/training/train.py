@@ -156,7 +156,12 @@ def train_or_reuse(config: TrainConfig, items: Sequence[SFTExample | DPOPair | G
     if (output_dir / "adapter" / "adapter_config.json").exists():
         saved = json.loads((output_dir / "train_config.json").read_text())
         defaults = json.loads(json.dumps(asdict(TrainConfig(kind=saved["kind"])), default=str))
-        if {**defaults, **saved} != json.loads(json.dumps(asdict(config), default=str)):  # keys added since
+        wanted = json.loads(json.dumps(asdict(config), default=str))
+        saved = {**defaults, **saved}  # keys added since the run was saved keep their defaults
+        for execution_only in ("fused_logprobs",):  # same results either way
+            saved.pop(execution_only, None)
+            wanted.pop(execution_only, None)
+        if saved != wanted:
             raise FileExistsError(f"{output_dir} holds a run with another config; use another output_dir")
         history = json.loads((output_dir / "log_history.json").read_text())
         steps = max((h.get("step", 0) for h in history), default=0)
