@@ -138,31 +138,41 @@ def search_trace_figure(results, path: str | Path | None = None, title: str | No
     return fig
 
 
-def frontier_figure(summary, path: str | Path | None = None, title: str | None = None,
-                    tokens: str = "mean_total_tokens"):
+def frontier_figure(frame, path: str | Path | None = None, title: str | None = None,
+                     tokens: str = "mean_total_tokens"):
     """Accuracy against output tokens (answers + estimator by default), one
-    point per (dataset, method), with 95% intervals; up-left is better."""
+    point per (dataset, method) with its 95% interval; up-left is better.
+    One colour and marker per method across all panels and one shared
+    legend. Rows without a measured accuracy (missing methods in
+    `results.side_by_side`) are not drawn; with nothing to draw, the figure
+    says so instead of failing."""
     import matplotlib.pyplot as plt
 
-    datasets = list(dict.fromkeys(summary["dataset"]))
-    methods = list(dict.fromkeys(summary["method"]))
-    markers = "osD^vP*Xh"
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.8), squeeze=False)
+    frame = frame[frame["accuracy"].notna() & frame[tokens].notna()] if len(frame) else frame
+    datasets = sorted(set(frame["dataset"])) if len(frame) else []
+    methods = list(dict.fromkeys(frame["method"])) if len(frame) else []
+    colours = plt.get_cmap("tab20").colors
+    markers = "osD^vP*Xh<>p"
+    fig, axes = plt.subplots(1, max(len(datasets), 1), figsize=(4.8 * max(len(datasets), 1), 4.2), squeeze=False)
     for ax, d in zip(axes[0], datasets):
-        rows = summary[summary["dataset"] == d]
+        rows = frame[frame["dataset"] == d]
         for j, m in enumerate(methods):
-            r = rows[rows["method"] == m]
-            if r.empty:
-                continue
-            r = r.iloc[0]
-            ax.errorbar(r[tokens], r["accuracy"], yerr=[[r["accuracy"] - r["accuracy_ci_low"]],
-                                                        [r["accuracy_ci_high"] - r["accuracy"]]],
-                        fmt=markers[j % len(markers)], capsize=2, label=m)
-        ax.set_title(d, fontsize=10)
+            for r in rows[rows["method"] == m].itertuples():
+                ax.errorbar(getattr(r, tokens), r.accuracy, yerr=[[r.accuracy - r.accuracy_ci_low],
+                                                                 [r.accuracy_ci_high - r.accuracy]],
+                            fmt=markers[j % len(markers)], color=colours[j % len(colours)], capsize=2,
+                            label=m)
+        ax.set_title(f"{d} (n = {int(rows['n'].max())})", fontsize=10)
         ax.set_xlabel("mean output tokens (answer + estimator)")
-        ax.set_ylim(0, 1)
-    axes[0][0].set_ylabel("accuracy (95% CI)")
-    axes[0][-1].legend(fontsize=7, loc="best")
+        ax.set_ylim(-0.03, 1.03)  # points at 0 and 1 stay visible
+    if not datasets:
+        axes[0][0].text(0.5, 0.5, "no finished evaluation runs yet", ha="center", va="center")
+    axes[0][0].set_ylabel("accuracy (95% Wilson CI)")
+    handles = {}
+    for ax in axes[0]:
+        handles.update(zip(*reversed(ax.get_legend_handles_labels())))
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

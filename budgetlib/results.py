@@ -1,0 +1,249 @@
+"""Every finished evaluation run side by side, and the papers' numbers beside them.
+
+`collect` reads ``results/<step>/<run_id>/`` (config, metadata, summary) into one frame with a
+readable method per run, labelled from the config each notebook writes (``evaluate_run`` in
+01/04-07, ``selfbudgeter_run`` in 07):
+
+- ``direct``, ``vanilla_cot`` (no adapter): direct answer, vanilla CoT; ``budget_N``: fixed budget β=N;
+  ``tale_ep_zero_shot``: TALE-EP; ``tale_ep_learned``: learned predictor; ``oracle``: oracle budget.
+- ``vanilla_cot`` + an adapter trained in ``*_tale_pt_sft``: TALE-PT SFT; ``learned_budget`` + one:
+  budget-conditioned SFT; ``vanilla_cot`` + an adapter from ``*_tale_pt_dpo`` (or kind dpo): TALE-PT DPO.
+- ``selfbudgeter`` with 0, 1, 2 stacked adapters: SelfBudgeter prompt, base model / cold start / GRPO,
+  "(own budget)", or ", preset N" when the budget was prefilled.
+- a known method with another adapter: "<label> + adapter (<step>)"; anything else: "unrecognised: ...".
+
+An adapter's origin: the step it was trained in (``.../<step>/<run>/adapter``) and the ``kind`` in that
+run's ``train_config.json``. Runs without a ``method`` (02's searches, 03's sweeps) are not evaluations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from .runs import results_root
+
+__all__ = ["collect", "method_label", "side_by_side", "search_summary", "paper_numbers", "beside_papers",
+           "EXPECTED", "METRICS"]
+
+log = logging.getLogger(__name__)
+BASE = {"direct": "direct answer", "vanilla_cot": "vanilla CoT", "tale_ep_zero_shot": "TALE-EP",
+        "tale_ep_learned": "learned predictor", "oracle": "oracle budget"}
+SB_STAGES = {0: "SelfBudgeter prompt, base model", 1: "SelfBudgeter cold start", 2: "SelfBudgeter GRPO"}
+# the methods a full run of notebooks 01-07 evaluates, in display order, with the notebook that makes each
+EXPECTED = (("direct answer", "01/04"), ("vanilla CoT", "01/04"), ("TALE-EP", "04"), ("learned predictor", "04"),
+            ("oracle budget", "04"), ("TALE-PT SFT", "05"), ("budget-conditioned SFT", "05"), ("TALE-PT DPO", "06"),
+            ("SelfBudgeter prompt, base model (own budget)", "07"), ("SelfBudgeter cold start (own budget)", "07"),
+            ("SelfBudgeter GRPO (own budget)", "07"))
+METRICS = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "mean_output_tokens", "mean_total_tokens",
+           "estimator_tokens", "expense_usd", "within_budget_rate", "fallback_rate", "truncated_rate",
+           "well_formed_rate", "mean_stated_budget", "mean_relative_deviation")
+
+
+def _adapters(backend: dict[str, Any], root: Path) -> list[tuple[str | None, str | None]]:
+    """(step it was trained in, train_config kind) for each stacked adapter."""
+    raw = backend.get("adapter")
+    raw = [] if raw is None else raw if isinstance(raw, list) else [raw]
+    out = []
+    for a in raw:
+        path = Path(a["path"] if isinstance(a, dict) else str(a))
+        run = path.parent if path.name == "adapter" else path
+        found = [c for c in (root / run.parent.name / run.name, run) if (c / "train_config.json").is_file()]
+        kind = json.loads((found[0] / "train_config.json").read_text()).get("kind") if found else None
+        out.append((run.parent.name or None, kind))
+    return out
+
+
+def method_label(config: dict[str, Any], root: str | Path | None = None) -> str:
+    """The readable method of an evaluation run's config (rules in the module docstring)."""
+    root = Path(root) if root is not None else results_root()
+    method, adapters = str(config.get("method")), _adapters(config.get("backend") or {}, root)
+    steps, kinds = [s or "?" for s, _ in adapters], [k for _, k in adapters]
+    fixed = re.fullmatch(r"budget_(\d+)", method)
+    base = BASE.get(method) or (f"fixed budget β={fixed.group(1)}" if fixed else None)
+    if method == "selfbudgeter":
+        n = len(adapters)
+        if n == 1 and kinds[0] == "grpo":
+            n = 2  # a GRPO adapter on its own (cold start merged before)
+        if n not in SB_STAGES or (n == 2 and kinds[-1] == "sft"):
+            return f"unrecognised: selfbudgeter with adapters {list(zip(steps, kinds))}"
+        preset = config.get("preset")
+        return SB_STAGES[n] + (f", preset {preset}" if preset is not None else " (own budget)")
+    if len(adapters) == 1:
+        step, kind = steps[0], kinds[0]
+        sft, dpo = "tale_pt_sft" in step, "tale_pt_dpo" in step or kind == "dpo"
+        if method == "vanilla_cot" and (sft or dpo):
+            return "TALE-PT DPO" if dpo else "TALE-PT SFT"
+        if method == "learned_budget" and sft:
+            return "budget-conditioned SFT"
+    if base is None:
+        return f"unrecognised: {method}" + (f" + adapters {steps}" if adapters else "")
+    return base if not adapters else f"{base} + adapter ({', '.join(steps)})"
+
+
+def _dataset(config: dict[str, Any]) -> str:
+    """``source/split`` shared by every id (``<source>:<split>:<index>``), else the config's name, so
+    notebook 01's "synthetic" and 04's "synthetic/test" on the same questions are one dataset."""
+    heads = {i.rsplit(":", 1)[0] for i in config.get("ids") or []}
+    return heads.pop().replace(":", "/") if len(heads) == 1 else str(config.get("dataset"))
+
+
+def _runs(root: Path, profile: str | None, want):
+    """(run dir, config, metadata, summary, summary mtime) of finished runs whose config passes `want`."""
+    for summary_path in sorted(root.glob("*/*/summary.json")):
+        d = summary_path.parent
+        if not (d / "config.json").is_file():
+            continue
+        config = json.loads((d / "config.json").read_text())
+        meta = json.loads((d / "metadata.json").read_text()) if (d / "metadata.json").is_file() else {}
+        if want(config) and (profile is None or meta.get("profile") == profile):
+            yield d, config, meta, json.loads(summary_path.read_text()), summary_path.stat().st_mtime_ns
+
+
+def _keep_newest(rows: list[dict[str, Any]], key: tuple[str, ...]):
+    import pandas as pd
+
+    if not rows:
+        return pd.DataFrame()
+    frame = pd.DataFrame(rows).sort_values("finished_ns")
+    groups = frame.groupby(list(key), sort=False, dropna=False)
+    frame["n_runs"] = groups["run_id"].transform("size")
+    frame["steps"] = groups["step"].transform(lambda s: ", ".join(sorted(set(s))))
+    return frame.drop_duplicates(list(key), keep="last").reset_index(drop=True)
+
+
+def _note(r, frame) -> str:
+    """What a reader of one row must know: fallbacks, an adapter that is not what its label says."""
+    same = (frame.profile == r.profile) & (frame.dataset == r.dataset)
+    own = frame[same & (frame.method == r.method.split(", preset ")[0] + " (own budget)")]
+    notes = [("every budget" if r.fallback_rate == 1 else f"{r.fallback_rate:.0%} of budgets")
+             + " fell back to vanilla CoT"] if r.fallback_rate > 0 else []
+    sft = same & (frame.method == "TALE-PT SFT") & (frame.adapter == r.adapter)
+    if r.method == "budget-conditioned SFT" and sft.any():
+        notes.append(f"same adapter as TALE-PT SFT ({r.adapter}): not a budget-conditioned adapter")
+    if ", preset " in r.method and len(own) and own.adapter.iloc[0] != r.adapter:
+        notes.append(f"adapter {r.adapter}, not the own-budget row's {own.adapter.iloc[0]}: an earlier training run")
+    if r.method.startswith("unrecognised"):
+        notes.append(f"config not recognised: {r.step}/{r.run_id}")
+    return "; ".join(notes)
+
+
+def collect(root: str | Path | None = None, profile: str | None = None):
+    """Finished evaluation runs under `root` (default `results_root()`), of one `profile` or all: one row
+    per (profile, dataset, method, base model, ids), the newest run, so an evaluation repeated by several
+    notebooks or of an adapter trained again counts once (`n_runs`, `steps`: how many runs, which steps).
+    A metric a run did not record is NaN, never 0; `note` (see `_note`) flags what to read with care."""
+    import pandas as pd
+
+    root = Path(root) if root is not None else results_root()
+    rows = []
+    for d, config, meta, summary, mtime in _runs(root, profile, lambda c: "method" in c):
+        backend = config.get("backend") or {}
+        model = str(backend.get("model") or meta.get("model"))
+        rows.append({"profile": meta.get("profile"), "dataset": _dataset(config), "method": method_label(config, root),
+                     "model": model.split("+lora:")[0], "adapter": model[len(model.split("+lora:")[0]):],
+                     "device": meta.get("device") or backend.get("device") or "unknown",
+                     "n": summary.get("n", meta.get("n")),
+                     **{m: summary.get(m) for m in METRICS}, "budget": config.get("budget"),
+                     "preset": config.get("preset"), "max_new_tokens": config.get("max_new_tokens"),
+                     "step": d.parent.name, "run_id": d.name, "backend_model": model, "finished_ns": mtime,
+                     "ids_hash": hashlib.sha256(json.dumps(config.get("ids")).encode()).hexdigest()[:12]})
+    frame = _keep_newest(rows, ("profile", "dataset", "method", "model", "ids_hash"))
+    if frame.empty:
+        return pd.DataFrame(columns=["profile", "dataset", "method", "model", "adapter", "device", "n", *METRICS,
+                                     "step", "run_id", "backend_model", "ids_hash", "n_runs", "steps", "note"])
+    numbers = [*METRICS, "budget", "preset"]
+    frame[numbers] = frame[numbers].astype(float)  # a metric a run did not record: NaN
+    frame["note"] = [_note(r, frame) for r in frame.itertuples()]
+    log.info("collected %d evaluation runs (%d after removing duplicates)", len(rows), len(frame))
+    return frame
+
+
+def _order(method: str) -> tuple:
+    labels = [m for m, _ in EXPECTED]
+    fixed = re.fullmatch(r"fixed budget β=(\d+)", method)
+    if fixed:
+        return (labels.index("vanilla CoT"), 1, int(fixed.group(1)))
+    stage = next((i for i, s in enumerate(SB_STAGES.values()) if method.startswith(s + ", preset")), None)
+    if stage is not None:
+        return (len(labels) + stage, 0, int(method.rsplit(" ", 1)[1]))
+    return (labels.index(method), 0, 0) if method in labels else (len(labels) + 9, 0, method)
+
+
+def side_by_side(frame, expected=EXPECTED, presets: bool = False):
+    """Per (profile, dataset, model): every method in display order, each expected method without a
+    run as a row of NaN with a "missing" note (never zeros), and the output-token change against that
+    dataset's vanilla CoT (negative = shorter). User-preset SelfBudgeter rows only with `presets`."""
+    import pandas as pd
+
+    frame = frame if presets else frame.loc[[", preset " not in m for m in frame["method"]]]
+    parts = []
+    groups = frame.groupby(["profile", "dataset", "model"], dropna=False, sort=True) if len(frame) else []
+    for (profile, dataset, model), rows in groups:
+        missing = [{"profile": profile, "dataset": dataset, "model": model, "method": m,
+                    "note": f"missing: no finished run (notebook {nb}, profile {profile})"}
+                   for m, nb in expected if m not in set(rows["method"])]
+        rows = pd.concat([rows, pd.DataFrame(missing)], ignore_index=True) if missing else rows.copy()
+        vanilla = rows.loc[rows["method"] == "vanilla CoT", "mean_output_tokens"]
+        reference = vanilla.iloc[0] if len(vanilla) else math.nan
+        rows["token_change_vs_vanilla"] = rows["mean_output_tokens"] / reference - 1
+        parts.append(rows.iloc[sorted(range(len(rows)), key=lambda i: _order(rows["method"].iloc[i]))])
+    if not parts:  # nothing ran yet: the expected methods, all missing
+        return pd.DataFrame([{"dataset": None, "method": m, "note": f"missing: no finished run (notebook {nb})"}
+                             for m, nb in expected]).reindex(columns=[*frame.columns, "token_change_vs_vanilla"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def search_summary(root: str | Path | None = None, profile: str | None = None):
+    """Notebook 02's optimal-budget searches (newest per profile, dataset, model, ids, settings):
+    how many vanilla answers were correct, how many got a smaller budget, and the token saving."""
+    root = Path(root) if root is not None else results_root()
+    rows = [{"profile": meta.get("profile"), "dataset": _dataset(config), "device": meta.get("device"),
+             "model": (config.get("backend") or {}).get("model"), "strategy": config["search"].get("strategy"),
+             "feasibility": config["search"].get("feasibility"), **summary, "step": d.parent.name, "run_id": d.name,
+             "finished_ns": mtime, "key": json.dumps([config.get("ids"), config["search"]], sort_keys=True)}
+            for d, config, meta, summary, mtime in _runs(root, profile, lambda c: "search" in c)]
+    frame = _keep_newest(rows, ("profile", "dataset", "model", "key"))
+    return frame.drop(columns=["key", "finished_ns"], errors="ignore")
+
+
+_TALE = "TALE (arXiv 2412.18547), as quoted in notebooks 05/06"
+_TALE_EP = "TALE (arXiv 2412.18547), as quoted in notebook 04 (average over its datasets)"
+_SB = "SelfBudgeter (arXiv 2505.11274v1, abstract)"
+
+
+def paper_numbers():
+    """The papers' reported numbers, labelled as such: never ours, never recomputed. Token counts in
+    TALE's table are tiktoken (GPT-4 encoding) counts, not the model's own tokenizer."""
+    import pandas as pd
+
+    rows = [(_TALE, "Llama-3.1-8B-Instruct", "GSM8K", m, a, t, "tiktoken (GPT-4 encoding)", None)
+            for m, a, t in (("vanilla CoT", 0.7756, 241.5), ("TALE-PT SFT", 0.7857, 139.6),
+                            ("TALE-PT DPO", 0.7411, 149.9))]
+    rows += [(_TALE_EP, "GPT-4o-mini", "TALE's datasets (avg.)", m, a, t, "as reported (answer + estimator)", None)
+             for m, a, t in (("vanilla CoT", 0.8375, 461.25), ("TALE-EP", 0.8103, 148.72))]
+    rows += [(_SB, f"{size} model", "GSM8K, MATH500, AIME2025", "SelfBudgeter GRPO (own budget)", None, None, None, c)
+             for size, c in (("1.5B", 0.61), ("7B", 0.48))]
+    frame = pd.DataFrame(rows, columns=["source", "model", "dataset", "method", "accuracy", "mean_output_tokens",
+                                        "token_counter", "length_compression"])
+    frame["note"] = ["paper number, not ours"] * 5 + ["paper number, not ours: 'nearly undiminished accuracy'"] * 2
+    return frame.assign(n=math.nan, profile="paper", device="not restated here")
+
+
+def beside_papers(table, paper=None):
+    """Our rows for the methods the papers report, next to the papers' rows: model, data size, profile
+    and device on every row; our length compression = 1 - tokens / vanilla CoT tokens."""
+    import pandas as pd
+
+    paper = paper_numbers() if paper is None else paper
+    ours = table[table["method"].isin(set(paper["method"])) & table["accuracy"].notna()].copy()
+    ours = ours.assign(source="ours", token_counter="model's own tokenizer",
+                       length_compression=0.0 - ours["token_change_vs_vanilla"] + 0.0)
+    columns = ["source", "model", "dataset", "n", "profile", "device", "method", "accuracy", "mean_output_tokens",
+               "token_counter", "length_compression", "note"]
+    return pd.concat([ours.reindex(columns=columns), paper.reindex(columns=columns)], ignore_index=True)

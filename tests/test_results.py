@@ -1,0 +1,227 @@
+"""budgetlib.results: run directories of every step read back with readable
+labels, duplicates collapsed to the newest, missing methods NaN (never 0),
+profiles kept apart. The runs are made the way notebooks 01-07 make them
+(evaluate_run / selfbudgeter_run with a fake backend), so the config shapes
+are the real ones."""
+
+import json
+import math
+import os
+
+import pytest
+
+from budgetlib import data, results
+from budgetlib.backends import FakeBackend
+from budgetlib.estimators import ConstantEstimator
+from budgetlib.evaluate import DIRECT_ANSWER, VANILLA, budgeted, compare_methods, estimated, evaluate_run
+from budgetlib.runs import find_runs, run_metadata, start_run
+from budgetlib.training.selfbudgeter import selfbudgeter_run
+
+
+class Adapted(FakeBackend):
+    """A fake with the HF backend's identity for stacked LoRA adapters."""
+
+    def __init__(self, respond, adapters):
+        shas = [a["sha256"] for a in adapters]
+        super().__init__(respond, model_id="fake-solver" + "".join(f"+lora:{s}" for s in shas))
+        self.adapters = adapters
+
+    def identity(self):
+        adapter = None if not self.adapters else self.adapters[0] if len(self.adapters) == 1 else self.adapters
+        return {**super().identity(), "device": "cpu", "adapter": adapter}
+
+
+def trained(root, step, run_id, kind, sha):
+    """A training run directory like train_or_reuse's; the config records the path
+    as another machine saw it (CI checkouts live elsewhere), the kind is under `root`."""
+    (root / step / run_id / "adapter").mkdir(parents=True)
+    (root / step / run_id / "train_config.json").write_text(json.dumps({"kind": kind}))
+    return {"path": f"/elsewhere/results/{step}/{run_id}/adapter", "sha256": sha}
+
+
+def age(run, seconds):
+    """Make a run's summary `seconds` old, so "newest" is well defined."""
+    t = 1_700_000_000 - seconds
+    os.utime(run.summary_path, (t, t))
+
+
+@pytest.fixture
+def problems():
+    return data.load("synthetic", "test", limit=6)
+
+
+@pytest.fixture
+def root(tmp_path, fake, problems):
+    """Every step's evaluations on the same 6 questions, oldest first."""
+    kw = dict(max_new_tokens=64, profile="smoke")
+    compare_methods(fake, {"synthetic": problems}, [DIRECT_ANSWER, VANILLA, budgeted(10)],
+                    step="01_token_redundancy", root=tmp_path, **kw)
+    estimators = [estimated(name, ConstantEstimator(b))
+                  for name, b in (("tale_ep_zero_shot", 8), ("tale_ep_learned", 9), ("oracle", 7))]
+    compare_methods(fake, {"synthetic/test": problems}, [DIRECT_ANSWER, VANILLA, budgeted(10), *estimators],
+                    step="04_tale_ep", root=tmp_path, **kw)
+    sft = Adapted(fake.respond, [trained(tmp_path, "05_tale_pt_sft", "sft1", "sft", "aaa")])
+    cond = Adapted(fake.respond, [trained(tmp_path, "05_tale_pt_sft", "cond1", "sft", "bbb")])
+    dpo = Adapted(fake.respond, [trained(tmp_path, "06_tale_pt_dpo", "dpo1", "dpo", "ccc")])
+    cold = trained(tmp_path, "07_selfbudgeter", "cold1", "sft", "ddd")
+    grpo = trained(tmp_path, "07_selfbudgeter", "grpo1", "grpo", "eee")
+    for backend, method, step in ((sft, VANILLA, "05_tale_pt_sft"),
+                                  (cond, estimated("learned_budget", ConstantEstimator(9)), "05_tale_pt_sft"),
+                                  (dpo, VANILLA, "06_tale_pt_dpo"), (sft, VANILLA, "06_tale_pt_dpo")):
+        evaluate_run(backend, problems, method, dataset="synthetic/test", step=step, root=tmp_path, **kw)
+    for backend in (fake, Adapted(fake.respond, [cold]), Adapted(fake.respond, [cold, grpo])):
+        for preset in (None, 32):
+            selfbudgeter_run(backend, problems, preset=preset, dataset="synthetic/test", root=tmp_path, **kw)
+    # 02's search: not an evaluation
+    search = start_run("02_budget_search", {"backend": fake.identity(), "dataset": "synthetic/test",
+                                            "ids": [p.id for p in problems], "search": {"strategy": "halving"}},
+                       metadata=run_metadata(fake.identity(), dataset="synthetic/test", n=6, profile="smoke"),
+                       root=tmp_path)
+    search.finish({"n": 6, "n_vanilla_correct": 3, "token_saving": 0.5})
+    steps = ("01_token_redundancy", "04_tale_ep", "05_tale_pt_sft", "06_tale_pt_dpo", "07_selfbudgeter")
+    ordered = [r for step in steps for r in find_runs(step, root=tmp_path)]
+    for i, run in enumerate(ordered):
+        age(run, 1000 - i)
+    return tmp_path
+
+
+def test_every_steps_runs_get_their_label(root):
+    frame = results.collect(root, profile="smoke")
+    assert set(frame.method) == {
+        "direct answer", "vanilla CoT", "fixed budget β=10", "TALE-EP", "learned predictor", "oracle budget",
+        "TALE-PT SFT", "budget-conditioned SFT", "TALE-PT DPO", "SelfBudgeter prompt, base model (own budget)",
+        "SelfBudgeter cold start (own budget)", "SelfBudgeter GRPO (own budget)",
+        "SelfBudgeter prompt, base model, preset 32", "SelfBudgeter cold start, preset 32",
+        "SelfBudgeter GRPO, preset 32"}
+    assert set(frame.dataset) == {"synthetic/test"}  # 01's "synthetic" is the same questions
+    assert set(frame.model) == {"fake-solver"} and set(frame.profile) == {"smoke"}
+    grpo = frame.set_index("method").loc["SelfBudgeter GRPO (own budget)"]
+    assert grpo.adapter == "+lora:ddd+lora:eee" and 0 <= grpo.well_formed_rate <= 1
+    assert not frame.method.str.contains("unrecognised").any()
+
+
+def test_same_evaluation_in_several_notebooks_is_one_row_the_newest(root):
+    frame = results.collect(root).set_index("method")
+    assert frame.index.is_unique
+    assert frame.loc["direct answer", "step"] == "04_tale_ep" and frame.loc["direct answer", "n_runs"] == 2
+    assert frame.loc["direct answer", "steps"] == "01_token_redundancy, 04_tale_ep"
+    assert frame.loc["TALE-PT SFT", "step"] == "06_tale_pt_dpo" and frame.loc["TALE-PT SFT", "n_runs"] == 2
+    assert frame.loc["vanilla CoT", "n_runs"] == 2  # 01 and 04; the adapted ones are other methods
+
+
+def test_missing_methods_are_nan_rows_not_zeros(root):
+    for run in (root / "06_tale_pt_dpo").glob("*/summary.json"):
+        run.unlink()  # notebook 06 not run (or interrupted)
+    frame = results.collect(root)
+    assert "TALE-PT DPO" not in set(frame.method)
+    assert math.isnan(frame.set_index("method").loc["vanilla CoT", "mean_relative_deviation"])  # not recorded
+    table = results.side_by_side(frame).set_index("method")
+    dpo = table.loc["TALE-PT DPO"]
+    assert math.isnan(dpo.accuracy) and math.isnan(dpo.mean_output_tokens) and dpo.note.startswith("missing")
+    assert "SelfBudgeter GRPO, preset 32" not in table.index  # presets only on request
+    assert "SelfBudgeter GRPO, preset 32" in set(results.side_by_side(frame, presets=True).method)
+    assert table.loc["vanilla CoT", "token_change_vs_vanilla"] == 0
+    order = list(table.index)
+    assert order[:3] == ["direct answer", "vanilla CoT", "fixed budget β=10"]
+
+
+def test_nothing_ran_yet(tmp_path):
+    frame = results.collect(tmp_path / "nowhere")
+    assert frame.empty and {"dataset", "method", "accuracy", "note"} <= set(frame.columns)
+    table = results.side_by_side(frame)
+    assert list(table.method) == [m for m, _ in results.EXPECTED] and table.note.str.startswith("missing").all()
+    assert results.search_summary(tmp_path / "nowhere").empty
+
+
+def test_profiles_are_kept_apart(root, fake, problems):
+    run = evaluate_run(fake, problems, VANILLA, max_new_tokens=64, dataset="synthetic/test", profile="full",
+                       step="04_tale_ep", root=root / "full")
+    for d in (root / "full" / "04_tale_ep").iterdir():
+        d.rename(root / "04_tale_ep" / ("full" + d.name))
+    assert run.summary["n"] == 6
+    assert set(results.collect(root, profile="smoke").profile) == {"smoke"}
+    assert set(results.collect(root, profile="full").method) == {"vanilla CoT"}
+    both = results.collect(root)
+    assert len(both[both.method == "vanilla CoT"]) == 2  # same questions, other profile: not a duplicate
+
+
+def test_searches_are_summarised_apart(root):
+    searches = results.search_summary(root)
+    assert list(searches.dataset) == ["synthetic/test"] and searches.token_saving.iloc[0] == 0.5
+    assert "02_budget_search" not in set(results.collect(root).step)
+
+
+@pytest.mark.parametrize("config, label", [
+    ({"method": "budget_25"}, "fixed budget β=25"),
+    ({"method": "vanilla_cot", "backend": {"adapter": {"path": "/x/06_tale_pt_dpo/r/adapter"}}}, "TALE-PT DPO"),
+    ({"method": "vanilla_cot", "backend": {"adapter": {"path": "/x/05_tale_pt_sft/r/adapter"}}}, "TALE-PT SFT"),
+    ({"method": "selfbudgeter", "preset": None, "backend": {"adapter": [{"path": "/x/07_s/a/adapter"},
+                                                                         {"path": "/x/07_s/b/adapter"}]}},
+     "SelfBudgeter GRPO (own budget)"),
+    ({"method": "selfbudgeter", "preset": 64, "backend": {"adapter": {"path": "/x/07_s/a/adapter"}}},
+     "SelfBudgeter cold start, preset 64"),
+    ({"method": "direct", "backend": {"adapter": {"path": "/x/07_selfbudgeter/a/adapter"}}},
+     "direct answer + adapter (07_selfbudgeter)"),
+    ({"method": "selfbudgeter", "backend": {"adapter": [{"path": "/x/a/adapter"}] * 3}},
+     "unrecognised: selfbudgeter with adapters [('x', None), ('x', None), ('x', None)]"),
+    ({"method": "my_new_method"}, "unrecognised: my_new_method"),
+])
+def test_label_rules(tmp_path, config, label):
+    assert results.method_label(config, tmp_path) == label
+
+
+def test_unknown_config_is_kept_with_a_clear_label(tmp_path):
+    config = {"method": "my_new_method", "backend": {"model": "m"}, "dataset": "d", "ids": ["d:test:0"]}
+    run = start_run("09_new", config, metadata={"profile": "smoke", "n": 1}, root=tmp_path)
+    run.finish({"n": 1, "accuracy": 1.0})
+    row = results.collect(tmp_path).iloc[0]
+    assert row.method == "unrecognised: my_new_method" and row.note == f"config not recognised: 09_new/{run.dir.name}"
+    assert row.accuracy == 1.0 and math.isnan(row.mean_output_tokens)
+
+
+def test_a_conditioned_run_on_the_plain_sft_adapter_is_flagged(tmp_path, fake, problems):
+    sft = Adapted(fake.respond, [trained(tmp_path, "05_tale_pt_sft", "sft1", "sft", "aaa")])
+    kw = dict(max_new_tokens=64, profile="smoke", dataset="synthetic/test", step="05_tale_pt_sft", root=tmp_path)
+    evaluate_run(sft, problems, VANILLA, **kw)
+    evaluate_run(sft, problems, estimated("learned_budget", ConstantEstimator(9)), **kw)
+    frame = results.collect(tmp_path).set_index("method")
+    assert "not a budget-conditioned adapter" in frame.loc["budget-conditioned SFT", "note"]
+    assert frame.loc["TALE-PT SFT", "note"] == ""
+
+
+def test_paper_numbers_are_labelled_and_exact():
+    paper = results.paper_numbers()
+    assert (paper.profile == "paper").all() and paper.note.str.contains("paper number, not ours").all()
+    tale = paper[paper.model == "Llama-3.1-8B-Instruct"].set_index("method")
+    assert tale.loc["vanilla CoT", ["accuracy", "mean_output_tokens"]].tolist() == [0.7756, 241.5]
+    assert tale.loc["TALE-PT SFT", ["accuracy", "mean_output_tokens"]].tolist() == [0.7857, 139.6]
+    assert tale.loc["TALE-PT DPO", ["accuracy", "mean_output_tokens"]].tolist() == [0.7411, 149.9]
+    assert sorted(paper.length_compression.dropna()) == [0.48, 0.61]
+
+
+def test_beside_papers_and_figure(root, tmp_path):
+    table = results.side_by_side(results.collect(root))
+    both = results.beside_papers(table)
+    assert {"ours", *results.paper_numbers().source} == set(both.source)
+    assert both[["model", "dataset", "profile", "device"]].notna().all().all()
+    ours = both[both.source == "ours"].set_index("method")
+    assert ours.loc["vanilla CoT", "length_compression"] == 0 and ours.loc["vanilla CoT", "n"] == 6
+    from budgetlib.plots import frontier_figure as results_frontier
+
+    results_frontier(table, tmp_path / "f.png")
+    results_frontier(results.collect(tmp_path / "nowhere"), tmp_path / "empty.png")
+    assert (tmp_path / "f.png").stat().st_size > 0 and (tmp_path / "empty.png").exists()
+
+
+def test_a_preset_row_from_an_earlier_adapter_is_flagged(tmp_path, fake, problems):
+    old = Adapted(fake.respond, [trained(tmp_path, "07_selfbudgeter", "cold_old", "sft", "old")])
+    new = Adapted(fake.respond, [trained(tmp_path, "07_selfbudgeter", "cold_new", "sft", "new")])
+    kw = dict(max_new_tokens=64, profile="smoke", dataset="synthetic/test", root=tmp_path)
+    for backend, preset in ((old, 32), (old, None), (new, None), (new, 16)):
+        selfbudgeter_run(backend, problems, preset=preset, **kw)
+    for i, run in enumerate(find_runs("07_selfbudgeter", root=tmp_path)):
+        age(run, 100 - i)
+    frame = results.collect(tmp_path).set_index("method")
+    assert frame.loc["SelfBudgeter cold start (own budget)", "adapter"] == "+lora:new"  # the newest kept
+    assert "an earlier training run" in frame.loc["SelfBudgeter cold start, preset 32", "note"]
+    assert frame.loc["SelfBudgeter cold start, preset 16", "note"] == ""
