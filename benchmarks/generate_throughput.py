@@ -15,7 +15,6 @@ Cost on a 2-core CPU with the embedded model: about 3 minutes at the defaults.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import time
 from datetime import datetime, timezone
@@ -23,7 +22,7 @@ from datetime import datetime, timezone
 from budgetlib import data, prompts
 from budgetlib.backends.hf import HFBackend
 from budgetlib.paths import project_root
-from budgetlib.runs import environment_info
+from budgetlib.runs import append_csv, environment_info
 
 
 def main() -> None:
@@ -64,12 +63,7 @@ def main() -> None:
         print(f"batch {batch:>3}: {tokens} tokens in {seconds:6.1f} s = {rate:7.1f} tokens/s "
               f"(x{rate / reference:.2f} vs batch {args.batches[0]}; same text as batch {args.batches[0]}: {same}/{len(gens)})",
               flush=True)
-    new_file = not out.exists()
-    with out.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        if new_file:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_csv(out, rows)
     print(f"wrote {out}")
     print(json.dumps({"machine": env["platform"], "device": rows[0]["device"], "versions": env["versions"]}))
 

@@ -21,14 +21,13 @@ model at the defaults: about 4 minutes.
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 from datetime import datetime, timezone
 
 from budgetlib import data, prompts
 from budgetlib.backends.hf import HFBackend, embedded_gguf_path
 from budgetlib.paths import project_root
-from budgetlib.runs import environment_info
+from budgetlib.runs import append_csv, environment_info
 from budgetlib.search import search_budgets, search_budgets_sequential
 
 
@@ -120,12 +119,7 @@ def main() -> None:
     print(f"raw generate of the same calls {t_raw:.1f} s: search overhead {100 * (t_batched / t_raw - 1):+.1f}%")
     out = project_root() / "results" / "benchmarks" / "search_speed.csv"
     out.parent.mkdir(parents=True, exist_ok=True)
-    new_file = not out.exists()
-    with out.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(row))
-        if new_file:
-            writer.writeheader()
-        writer.writerow(row)
+    append_csv(out, [row])
     print(f"wrote {out}")
 
 

@@ -34,7 +34,6 @@ thread: about 6 minutes.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import re
 import statistics
@@ -44,7 +43,7 @@ from datetime import datetime, timezone
 from budgetlib import data, prompts
 from budgetlib.backends.hf import HFBackend
 from budgetlib.paths import data_dirs, project_root
-from budgetlib.runs import environment_info
+from budgetlib.runs import append_csv, environment_info
 
 
 def few_shot_block(tokenizer, target_tokens: int) -> tuple[str, str]:
@@ -163,12 +162,7 @@ def main() -> None:
               f"{tok_plain:6d} -> {tok_shared:6d} | prefill {pre_plain:7.2f} s -> {pre_shared:7.2f} s "
               f"x{row['prefill_ratio']:.2f} | {args.max_new_tokens} new tokens {all_plain:7.2f} s -> "
               f"{all_shared:7.2f} s x{row['total_ratio']:.2f} | identical {same:.0%}", flush=True)
-        new_file = not out.exists()
-        with out.open("a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
-            if new_file:
-                writer.writeheader()
-            writer.writerow(row)
+        append_csv(out, [row])
     print(f"wrote {out}")
 
 

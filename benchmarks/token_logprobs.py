@@ -48,7 +48,6 @@ if "--cpu-smoke" in sys.argv:  # before torch/trl can import triton: the interpr
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
 import gc  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
@@ -60,7 +59,7 @@ import torch  # noqa: E402
 from budgetlib.kernels import (token_logprob_stats, token_logprobs_reference, token_logprobs_triton,  # noqa: E402
                                triton_available)
 from budgetlib.paths import project_root  # noqa: E402
-from budgetlib.runs import environment_info  # noqa: E402
+from budgetlib.runs import append_csv, environment_info  # noqa: E402
 
 METHODS = ["naive", "trl_selective", "trl_chunked", "trl_chunked_dpo", "liger_flce", "ours_reference", "ours_triton",
            "ours_triton_dpo"]
@@ -314,21 +313,7 @@ def main() -> None:
     out = project_root() / "results" / "benchmarks" / ("token_logprobs_smoke.csv" if args.cpu_smoke
                                                         else "token_logprobs.csv")
     out.parent.mkdir(parents=True, exist_ok=True)
-    fieldnames = list(stamp) + list(rows[0]) + list(versions)
-    if out.exists():
-        with out.open(newline="") as f:
-            header = next(csv.reader(f), None)
-        if header != fieldnames:  # written by an older version of this script: keep it, start a new file
-            kept = out.with_name(f"{out.stem}.{datetime.now():%Y%m%d-%H%M%S}.csv")
-            out.rename(kept)
-            print(f"columns changed: kept the old rows in {kept}")
-    new_file = not out.exists()
-    with out.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fieldnames)
-        if new_file:
-            writer.writeheader()
-        for r in rows:
-            writer.writerow({**stamp, **r, **versions})
+    append_csv(out, [{**stamp, **r, **versions} for r in rows])
     print(f"wrote {len(rows)} rows to {out}")
 
 

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable
 
 from .paths import project_root
 
-__all__ = ["Run", "RunError", "start_run", "open_run", "find_runs", "run_metadata", "config_hash", "environment_info",
+__all__ = ["Run", "RunError", "start_run", "open_run", "find_runs", "append_csv", "run_metadata", "config_hash", "environment_info",
            "results_root", "read_jsonl"]
 
 log = logging.getLogger(__name__)
@@ -222,3 +222,32 @@ def find_runs(step: str, where: Callable[[dict[str, Any]], bool] | None = None, 
             and (d / "config.json").exists()]
     runs = [r for r in runs if where is None or where(r.config)]
     return sorted(runs, key=lambda r: r.summary_path.stat().st_mtime_ns)
+
+
+def append_csv(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
+    """Append `rows` (dicts with the same keys) to the CSV at `path` (benchmark
+    results accumulate across runs). A new file gets a header; an existing
+    file written with other columns is never mixed with new rows: it is kept
+    under a timestamped name and a new file is started."""
+    import csv
+
+    rows = list(rows)
+    if not rows:
+        raise ValueError(f"no rows to append to {path}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fieldnames = list(rows[0])
+    if path.exists():
+        with path.open(newline="") as f:
+            header = next(csv.reader(f), None)
+        if header != fieldnames:
+            kept = path.with_name(f"{path.stem}.{datetime.now():%Y%m%d-%H%M%S}{path.suffix}")
+            path.rename(kept)
+            log.warning("%s had other columns: its rows are kept in %s", path, kept)
+    new_file = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
+        if new_file:
+            writer.writeheader()
+        writer.writerows(rows)
+    return path

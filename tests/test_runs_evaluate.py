@@ -136,3 +136,20 @@ def test_find_runs_filters_finished_runs_oldest_first(tmp_path):
     assert [r.config["method"] for r in find_runs("s", root=tmp_path)] == ["b", "a"]
     assert [r.summary()["n"] for r in find_runs("s", lambda c: c["method"] == "a", root=tmp_path)] == [2]
     assert find_runs("missing", root=tmp_path) == []
+
+
+def test_append_csv_appends_and_never_mixes_columns(tmp_path):
+    import csv
+
+    from budgetlib.runs import append_csv
+
+    path = tmp_path / "b" / "x.csv"
+    append_csv(path, [{"a": 1, "b": 2}])
+    append_csv(path, [{"a": 3, "b": 4}, {"a": 5, "b": 6}])
+    assert [r["a"] for r in csv.DictReader(path.open())] == ["1", "3", "5"]
+    append_csv(path, [{"a": 7, "c": 8}])  # other columns: the old file is kept aside
+    assert list(csv.DictReader(path.open())) == [{"a": "7", "c": "8"}]
+    kept = [p for p in path.parent.iterdir() if p != path]
+    assert len(kept) == 1 and len(list(csv.DictReader(kept[0].open()))) == 3
+    with pytest.raises(ValueError, match="no rows"):
+        append_csv(path, [])
