@@ -72,6 +72,8 @@ def test_cli_train_from_jsonl(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # trl prints its own dicts first
     assert out["global_step"] == 1 and (tmp_path / "run" / "adapter" / "adapter_config.json").exists()
     assert main(["train", "dpo", "--recipe", "tale_pt_sft", "--data", str(path), "--out", str(tmp_path / "x")]) == 2
+    assert main(["train", "grpo", "--recipe", "tale_pt_sft", "--data", str(path), "--out", str(tmp_path / "x"),
+                 "--init-adapter", str(tmp_path / "run" / "adapter")]) == 2  # the recipe is for sft
 
 
 def test_recipe_errors(tmp_path):
