@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 __all__ = ["redundancy_figure", "elasticity_figure", "budget_histogram", "search_trace_figure", "frontier_figure",
-           "estimate_scatter", "training_figure", "adherence_figure", "save"]
+           "estimate_scatter", "training_figure", "adherence_figure", "finish", "save"]
 
 
 def save(fig, path: str | Path | None) -> None:
@@ -15,6 +15,16 @@ def save(fig, path: str | Path | None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def finish(fig, path: str | Path | None, title: str | None = None):
+    """The common end of every figure function: the title, a tight layout,
+    the PNG when given a path; returns the figure."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    save(fig, path)
+    return fig
 
 
 def redundancy_figure(summary, path: str | Path | None = None, title: str | None = None):
@@ -47,11 +57,7 @@ def redundancy_figure(summary, path: str | Path | None = None, title: str | None
         ax.set_ylabel(label)
     ax_acc.set_ylim(0, 1)
     ax_tok.legend(fontsize=8, loc="upper left")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    save(fig, path)
-    return fig
+    return finish(fig, path, title)
 
 
 def elasticity_figure(summary, path: str | Path | None = None, title: str | None = None):
@@ -77,11 +83,7 @@ def elasticity_figure(summary, path: str | Path | None = None, title: str | None
     for ax in (ax_tok, ax_acc, ax_in):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("stated budget β (tokens)")
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    save(fig, path)
-    return fig
+    return finish(fig, path, title)
 
 
 def budget_histogram(frames: dict, path: str | Path | None = None, title: str | None = None):
@@ -106,11 +108,7 @@ def budget_histogram(frames: dict, path: str | Path | None = None, title: str | 
         ax.set_xlabel("tokens")
     axes[0][0].set_ylabel("questions")
     axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    save(fig, path)
-    return fig
+    return finish(fig, path, title)
 
 
 def search_trace_figure(results, path: str | Path | None = None, title: str | None = None, max_lines: int = 12):
@@ -173,11 +171,7 @@ def frontier_figure(frame, path: str | Path | None = None, title: str | None = N
         handles.update(zip(*reversed(ax.get_legend_handles_labels())))
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    save(fig, path)
-    return fig
+    return finish(fig, path, title)
 
 
 def estimate_scatter(frame, path: str | Path | None = None, title: str | None = None, estimators=None):
@@ -222,11 +216,7 @@ def training_figure(histories: dict, path: str | Path | None = None, title: str 
         ax.set_ylabel("training loss" if key == "loss" else key)
         ax.set_xlabel("step")
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    save(fig, path)
-    return fig
+    return finish(fig, path, title)
 
 
 def adherence_figure(sweeps: dict, own: dict, path: str | Path | None = None, title: str | None = None):
@@ -254,8 +244,4 @@ def adherence_figure(sweeps: dict, own: dict, path: str | Path | None = None, ti
     right.set(xlabel="budget the model stated", ylabel="actual output tokens")
     for ax in (left, right):
         ax.legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    save(fig, path)
-    return fig
+    return finish(fig, path, title)
