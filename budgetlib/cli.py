@@ -7,6 +7,7 @@
     python -m budgetlib train grpo --recipe selfbudgeter_grpo --profile full --data grpo.jsonl \
         --init-adapter runs/cold_start/adapter --out runs/grpo        # SelfBudgeter
     accelerate launch -m budgetlib train sft ...      # several GPUs
+    python -m budgetlib colab --repo https://github.com/<owner>/<name>   # Colab links
 
 Runs are resumable: rerun the same command after an interruption and it
 continues where it stopped.
@@ -57,6 +58,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _colab(args: argparse.Namespace) -> int:
+    from .colab import stamp
+    from .paths import project_root
+
+    for path in stamp(args.repo, args.root or project_root(), branch=args.branch):
+        print(f"updated {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m budgetlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--max-steps", type=int, default=None)
     t.add_argument("--init-adapter", default=None, help="adapter merged into the base first (GRPO on a cold start)")
     t.set_defaults(func=_train)
+    c = sub.add_parser("colab", help="write the repository URL into every notebook's setup cell and "
+                                     "'Open in Colab' links into the README")
+    c.add_argument("--repo", required=True, help="https://github.com/<owner>/<name>")
+    c.add_argument("--branch", default="main")
+    c.add_argument("--root", default=None, help="repository root (default: this checkout)")
+    c.set_defaults(func=_colab)
     return parser
 
 
