@@ -36,6 +36,9 @@ run: install
 		$(PY) -m papermill "$$nb" "results/notebooks/$(PROFILE)/$$(basename $$nb)" -p PROFILE $(PROFILE) \
 			--cwd notebooks --log-output --no-progress-bar; \
 	done
+	# the README's results table is notebook 08's smoke-profile table
+	if [ "$(PROFILE)" = smoke ]; then $(PY) -c 'from budgetlib.results import replace_block; \
+		replace_block("README.md", "results-smoke", open("figures/08_results_smoke.md").read())'; fi
 
 reproduce-full: install
 	$(PY) -c "import torch, sys; torch.cuda.is_available() or sys.exit('reproduce-full needs a CUDA GPU (see README)')"

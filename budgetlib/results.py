@@ -29,7 +29,7 @@ from typing import Any
 from .runs import results_root
 
 __all__ = ["collect", "method_label", "side_by_side", "search_summary", "paper_numbers", "beside_papers",
-           "EXPECTED", "METRICS"]
+           "markdown_table", "replace_block", "EXPECTED", "METRICS"]
 
 log = logging.getLogger(__name__)
 BASE = {"direct": "direct answer", "vanilla_cot": "vanilla CoT", "tale_ep_zero_shot": "TALE-EP",
@@ -247,3 +247,48 @@ def beside_papers(table, paper=None):
     columns = ["source", "model", "dataset", "n", "profile", "device", "method", "accuracy", "mean_output_tokens",
                "token_counter", "length_compression", "note"]
     return pd.concat([ours.reindex(columns=columns), paper.reindex(columns=columns)], ignore_index=True)
+
+
+def _cell(row) -> str:
+    if row is None or row.get("accuracy") is None or math.isnan(row["accuracy"]):
+        return "missing"
+    change = row.get("token_change_vs_vanilla")
+    change = "" if change is None or math.isnan(change) or row["method"] == "vanilla CoT" else f" ({change:+.0%})"
+    return (f"{row['accuracy']:.0%} [{row['accuracy_ci_low']:.0%}, {row['accuracy_ci_high']:.0%}]"
+            f" · {row['mean_output_tokens']:.0f} tok{change}")
+
+
+def markdown_table(table) -> str:
+    """`side_by_side`'s table as Markdown, one table per (profile, model): a row per method, a column per
+    dataset, each cell "accuracy [95% CI] · mean output tokens (change vs vanilla CoT)", "missing"
+    where no run finished."""
+    if "accuracy" not in table or table["accuracy"].isna().all():
+        return "No finished evaluation runs yet: run notebooks 01-07 first."
+    out = []
+    for (profile, model), part in table.dropna(subset=["model"]).groupby(["profile", "model"], sort=True):
+        datasets = list(dict.fromkeys(part["dataset"]))
+        sizes = {d: sorted({int(n) for n in part.loc[part["dataset"] == d, "n"].dropna()}) for d in datasets}
+        heads = [f"{d} (n={'/'.join(map(str, sizes[d])) or '?'})" for d in datasets]
+        device = ", ".join(sorted(set(part["device"].dropna())))
+        out += [f"**{model}** · profile {profile} · {device}", "",
+                "| method | " + " | ".join(heads) + " |", "|---|" + "---|" * len(datasets)]
+        by = {(r["dataset"], r["method"]): r for r in part.to_dict("records")}
+        for method in sorted(set(part["method"]), key=_order):
+            out.append(f"| {method} | " + " | ".join(_cell(by.get((d, method))) for d in datasets) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def replace_block(path: str | Path, name: str, text: str) -> bool:
+    """Put `text` between the lines ``<!-- name:start -->`` and ``<!-- name:end -->`` of `path`
+    (e.g. the README's results table); True when the file changed. Missing markers are an error."""
+    path = Path(path)
+    old = path.read_text()
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if old.count(start) != 1 or old.count(end) != 1 or old.index(start) > old.index(end):
+        raise ValueError(f"{path}: expected one '{start}' line before one '{end}' line")
+    head, rest = old.split(start)
+    new = f"{head}{start}\n{text.strip()}\n{end}{rest.split(end, 1)[1]}"
+    if new != old:
+        path.write_text(new)
+    return new != old

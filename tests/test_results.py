@@ -225,3 +225,32 @@ def test_a_preset_row_from_an_earlier_adapter_is_flagged(tmp_path, fake, problem
     assert frame.loc["SelfBudgeter cold start (own budget)", "adapter"] == "+lora:new"  # the newest kept
     assert "an earlier training run" in frame.loc["SelfBudgeter cold start, preset 32", "note"]
     assert frame.loc["SelfBudgeter cold start, preset 16", "note"] == ""
+
+
+def test_markdown_table_has_a_cell_per_method_and_dataset(root):
+    frame = results.collect(root)
+    for run in (root / "06_tale_pt_dpo").glob("*/summary.json"):
+        run.unlink()
+    table = results.side_by_side(results.collect(root))
+    md = results.markdown_table(table).splitlines()
+    assert md[0] == "**fake-solver** · profile smoke · cpu, unknown"  # devices of its runs (the plain fake: unknown)
+    assert md[2] == "| method | synthetic/test (n=6) |"
+    rows = {line.split(" | ")[0][2:]: line.split(" | ")[1].rstrip(" |") for line in md[4:] if line.startswith("| ")}
+    assert rows["TALE-PT DPO"] == "missing"
+    vanilla = frame.set_index("method").loc["vanilla CoT"]
+    assert rows["vanilla CoT"] == (f"{vanilla.accuracy:.0%} [{vanilla.accuracy_ci_low:.0%}, "
+                                   f"{vanilla.accuracy_ci_high:.0%}] · {vanilla.mean_output_tokens:.0f} tok")
+    change = frame.set_index("method").loc["direct answer", "mean_output_tokens"] / vanilla.mean_output_tokens - 1
+    assert rows["direct answer"].endswith(f"tok ({change:+.0%})")
+    assert list(rows)[:3] == ["direct answer", "vanilla CoT", "fixed budget β=10"]
+    assert results.markdown_table(results.side_by_side(results.collect(root / "none"))).startswith("No finished")
+
+
+def test_replace_block(tmp_path):
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- t:start -->\nold\n<!-- t:end -->\nafter\n")
+    assert results.replace_block(readme, "t", "new\n")
+    assert readme.read_text() == "intro\n<!-- t:start -->\nnew\n<!-- t:end -->\nafter\n"
+    assert not results.replace_block(readme, "t", "new")
+    with pytest.raises(ValueError, match="README.md.*<!-- u:start -->"):
+        results.replace_block(readme, "u", "x")
