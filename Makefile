@@ -7,6 +7,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= smoke
+# another model for notebooks 00-07, e.g. make reproduce-full MODEL=meta-llama/Llama-3.1-8B-Instruct (HF_TOKEN set)
+MODEL ?=
 # torch is pinned: on a CPU-only machine with a local wheel this takes it; on a
 # CUDA workstation it is PyPI's build. An unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
@@ -33,7 +35,7 @@ run: install
 	mkdir -p results/notebooks/$(PROFILE) figures
 	set -e; for nb in $(NOTEBOOKS); do \
 		echo "== $$nb ($(PROFILE))"; \
-		$(PY) -m papermill "$$nb" "results/notebooks/$(PROFILE)/$$(basename $$nb)" -p PROFILE $(PROFILE) \
+		$(PY) -m papermill "$$nb" "results/notebooks/$(PROFILE)/$$(basename $$nb)" -p PROFILE $(PROFILE) $(if $(MODEL),-p MODEL $(MODEL)) \
 			--cwd notebooks --log-output --no-progress-bar; \
 	done
 	# the README's results table is notebook 08's smoke-profile table

@@ -86,7 +86,28 @@ def test_recipe_errors(tmp_path):
     with pytest.raises(RecipeError, match="shipped recipes"):
         load_recipe("nope")
     full = load_recipe("tale_pt_sft", "full")
-    assert (full.lora_r, full.lora_alpha, full.epochs, full.batch_size, full.learning_rate) == (8, 32, 3, 16, 1e-4)
+    assert (full.lora_r, full.lora_alpha, full.epochs, full.learning_rate) == (8, 32, 3, 1e-4)
+    for name in ("tale_pt_sft", "tale_pt_dpo", "selfbudgeter_sft", "selfbudgeter_grpo"):
+        full = load_recipe(name, "full")  # TALE's batch of 16 per optimizer step, in micro-batches
+        assert full.batch_size * full.gradient_accumulation_steps == 16 and full.gradient_checkpointing
+    with pytest.raises(RecipeError, match="gradient_accumulation_steps must be >= 1"):
+        load_recipe("tale_pt_sft", gradient_accumulation_steps=0)
+
+
+def test_gradient_accumulation_and_checkpointing_reach_the_trainer(tmp_path, monkeypatch):
+    from transformers import PreTrainedModel
+
+    from budgetlib.training.train import train
+
+    enabled = []
+    original = PreTrainedModel.activation_checkpointing_enable  # transformers 5's name for gradient checkpointing
+    monkeypatch.setattr(PreTrainedModel, "activation_checkpointing_enable",
+                        lambda self, *a, **kw: (enabled.append(kw), original(self, *a, **kw))[1])
+    config = load_recipe("tale_pt_sft", epochs=1, batch_size=1, gradient_accumulation_steps=2,
+                         gradient_checkpointing=True, learning_rate=1e-3)
+    result = train(config, ITEMS[:4], tmp_path / "acc")
+    assert result.global_step == 2  # 4 examples, 1 per micro-batch, 2 micro-batches per optimizer step
+    assert enabled and all(torch.isfinite(torch.tensor(v)) for v in losses(result))
 
 
 def test_train_or_reuse_returns_the_finished_run(tmp_path):

@@ -80,6 +80,20 @@ def test_contamination_by_id_and_by_normalised_text():
         check_no_overlap(zero, zero)
 
 
+def test_contamination_by_problem_statement_gsm8k_zero_style():
+    """GSM8K-Zero keeps a GSM8K train problem and changes only the final question."""
+    statement = "Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May."
+    train = [Problem("gsm8k:train:0", statement + " How many clips did Natalia sell altogether?", "72", "gsm8k"),
+             Problem("gsm8k:train:1", "Ava has 3 cats. Ava gets 2 more. How many cats?", "5", "gsm8k")]
+    zero = [Problem("gsm8k-zero:test:0", statement + " How many friends did Natalia sell clips to in April?", "48",
+                    "gsm8k-zero"),
+            Problem("gsm8k-zero:test:1", "Ava has 3 dogs. Ava gets 2 more. How many cats?", "5", "gsm8k-zero")]
+    with pytest.raises(LeakageError, match="1 training questions overlap.*same problem statement"):
+        check_no_overlap(train, zero)
+    kept, dropped = drop_overlap(train, zero)  # a short statement (under 8 words) is not a shared problem
+    assert dropped == ["gsm8k:train:0"] and [p.id for p in kept] == ["gsm8k:train:1"]
+
+
 def test_save_and_dataset(tmp_path):
     examples, report = build_sft_examples(FakeBackend(model), PROBLEMS, RESULTS, max_new_tokens=64)
     path = save_jsonl(examples, tmp_path / "sft.jsonl", {"model": "fake", "report": report.skipped})

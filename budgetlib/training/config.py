@@ -21,7 +21,8 @@ class RecipeError(ValueError):
 class TrainConfig:
     kind: Literal["sft", "dpo", "grpo"]
     epochs: float = 1.0
-    batch_size: int = 4
+    batch_size: int = 4  # per device and step; the batch per optimizer step is batch_size x gradient_accumulation_steps
+    gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
     max_length: int = 512
     lora_r: int = 8
@@ -40,13 +41,16 @@ class TrainConfig:
     # DPO/GRPO: trl's fused LM head runs budgetlib.kernels (an execution detail, not part of a run's identity).
     # Off by default until the Triton path has run on a GPU (LOG.md); on CPU it runs the PyTorch twin.
     fused_logprobs: bool = False
+    # Recompute activations in the backward pass: far less memory for some extra time (an execution detail too).
+    gradient_checkpointing: bool = False
 
     def __post_init__(self):
         if self.kind not in ("sft", "dpo", "grpo"):
             raise RecipeError(f"kind must be 'sft', 'dpo' or 'grpo', got {self.kind!r}")
         if isinstance(self.target_modules, list):
             object.__setattr__(self, "target_modules", tuple(self.target_modules))
-        for name in ("batch_size", "max_length", "lora_r", "save_steps", "logging_steps"):
+        for name in ("batch_size", "gradient_accumulation_steps", "max_length", "lora_r", "save_steps",
+                     "logging_steps"):
             if getattr(self, name) < 1:
                 raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.epochs <= 0:

@@ -12,9 +12,12 @@
   answer of the same question, both under the vanilla prompt; by default only
   pairs where chosen is strictly shorter than rejected.
 
-Training and evaluation questions must not overlap, by id or by normalised
-text (GSM8K-Zero was built from GSM8K's train questions): `check_no_overlap`
-refuses, `drop_overlap` removes.
+Training and evaluation questions must not overlap, by id, by normalised
+text, or by their problem statement: GSM8K-Zero was built from GSM8K's train
+questions by changing the final question, so a train question whose text
+before its last sentence (8 words or more) is a test question's counts as the
+same problem (2,886 of GSM8K-Zero's 2,978 questions share it with GSM8K
+train). `check_no_overlap` refuses, `drop_overlap` removes.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from ..backends.base import Backend, generate_in_batches
 from ..data import Problem, check_problems
 from ..prompts import BUDGETED_COT, VANILLA_COT
 
-__all__ = ["LeakageError", "normalize_question", "check_no_overlap", "drop_overlap", "SFTExample", "DPOPair",
+__all__ = ["LeakageError", "normalize_question", "problem_statement", "check_no_overlap", "drop_overlap", "SFTExample", "DPOPair",
            "GRPOPrompt", "BuildReport", "build_sft_examples", "build_dpo_pairs", "save_jsonl", "load_jsonl", "to_dataset"]
 
 
@@ -50,21 +53,40 @@ def normalize_question(text: str) -> str:
     return " ".join(re.sub(r"[^a-z0-9]+", " ", text).split())
 
 
+def problem_statement(text: str, min_words: int = 8) -> str | None:
+    """The normalised text before a question's last sentence (the thing asked),
+    or None when that is shorter than `min_words` words.
+
+    >>> problem_statement("Weng earns $12 an hour for babysitting. Yesterday, she did 50 minutes. How much did she earn?")
+    'weng earns 12 an hour for babysitting yesterday she did 50 minutes'
+    >>> problem_statement("What is 2 + 3?") is None
+    True
+    """
+    sentences = re.split(r"(?<=[.!?])\s+", text.strip())
+    statement = normalize_question(" ".join(sentences[:-1]))
+    return statement if len(statement.split()) >= min_words else None
+
+
 def _overlap(train: Sequence[Problem], evaluation: Sequence[Problem]) -> list[tuple[Problem, Problem, str]]:
     by_id = {p.id: p for p in evaluation}
     by_text = {normalize_question(p.question): p for p in evaluation}
+    by_statement = {problem_statement(p.question): p for p in evaluation}
+    by_statement.pop(None, None)
     found = []
     for p in train:
+        statement = problem_statement(p.question)
         if p.id in by_id:
             found.append((p, by_id[p.id], "id"))
         elif normalize_question(p.question) in by_text:
             found.append((p, by_text[normalize_question(p.question)], "text"))
+        elif statement in by_statement:
+            found.append((p, by_statement[statement], "problem statement"))
     return found
 
 
 def check_no_overlap(train: Sequence[Problem], evaluation: Sequence[Problem]) -> None:
     """Raise `LeakageError` when a training question is an evaluation
-    question, by id or by normalised text."""
+    question, by id, by normalised text or by its problem statement."""
     found = _overlap(train, evaluation)
     if found:
         examples = "; ".join(f"{t.id} = {e.id} (same {how})" for t, e, how in found[:3])

@@ -103,8 +103,9 @@ def train(config: TrainConfig, items: Sequence[SFTExample | DPOPair | GRPOPrompt
     common = dict(output_dir=str(output_dir), num_train_epochs=config.epochs, max_steps=config.max_steps,
                   per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
                   logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
+                  gradient_accumulation_steps=config.gradient_accumulation_steps,
                   report_to="none", seed=config.seed, use_cpu=not cuda, bf16=cuda,
-                  gradient_checkpointing=False, disable_tqdm=True)
+                  activation_checkpointing=config.gradient_checkpointing, disable_tqdm=True)
     if config.kind != "grpo":
         common["max_length"] = config.max_length
     dataset = _messages(items, config.kind)
@@ -158,7 +159,7 @@ def train_or_reuse(config: TrainConfig, items: Sequence[SFTExample | DPOPair | G
         defaults = json.loads(json.dumps(asdict(TrainConfig(kind=saved["kind"])), default=str))
         wanted = json.loads(json.dumps(asdict(config), default=str))
         saved = {**defaults, **saved}  # keys added since the run was saved keep their defaults
-        for execution_only in ("fused_logprobs",):  # same results either way
+        for execution_only in ("fused_logprobs", "gradient_checkpointing"):  # same results either way
             saved.pop(execution_only, None)
             wanted.pop(execution_only, None)
         if saved != wanted:
