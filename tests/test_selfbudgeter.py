@@ -4,6 +4,7 @@ import pytest
 
 from budgetlib.backends import FakeBackend
 from budgetlib.data import Problem
+from budgetlib.runs import RunError
 from budgetlib.training.selfbudgeter import (build_cold_start, evaluate_selfbudgeter, grpo_prompts, preset_prefix,
                                              preset_sweep)
 
@@ -119,3 +120,30 @@ def test_adherence_and_training_figures(tmp_path):
     history = [{"step": 1, "loss": 0.5, "reward": -1.0}, {"step": 2, "loss": 0.4, "reward": 0.5}, {"step": 2}]
     fig = training_figure({"g": history}, keys=("loss", "reward"))
     assert [list(ax.lines[0].get_ydata()) for ax in fig.axes] == [[0.5, 0.4], [-1.0, 0.5]]
+
+
+def test_cold_start_resumes_from_its_samples_file(tmp_path):
+    path = tmp_path / "samples.jsonl"
+    asked = []
+
+    def flaky(prompt, max_new_tokens, temperature, seed, prefix):
+        asked.append(seed)
+        if seed == 1 and fail[0]:
+            raise KeyboardInterrupt  # interrupted during the second round
+        return model(prompt, max_new_tokens, temperature, seed, prefix)
+
+    fail = [True]
+    kw = dict(max_new_tokens=64, samples=2, temperature=0.7, batch_size=1, samples_path=path)
+    with pytest.raises(KeyboardInterrupt):
+        build_cold_start(FakeBackend(flaky), PROBLEMS, **kw)
+    assert len(path.read_text().splitlines()) == 4  # round 0 was written as it finished
+    fail[0], asked[:] = False, []
+    resumed, report = build_cold_start(FakeBackend(flaky), PROBLEMS, **kw)
+    assert asked == [1, 1, 1, 1]  # only round 1 was generated again
+    fresh, _ = build_cold_start(FakeBackend(model), PROBLEMS, **{**kw, "samples_path": None})
+    assert resumed == fresh and report.n_results == 8
+    with path.open("a") as f:
+        f.write('{"k": 1, "id": "p0", "te')  # a write cut off mid-line is dropped and repaired
+    assert build_cold_start(FakeBackend(model), PROBLEMS, **kw)[0] == fresh
+    with pytest.raises(RunError, match="samples.jsonl:1: cold-start samples made with other settings"):
+        build_cold_start(FakeBackend(model), PROBLEMS, **{**kw, "max_new_tokens": 32})

@@ -13,14 +13,16 @@
 
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
 from typing import Any, Sequence
 
 from ..answers import extract_answer, is_correct
-from ..backends.base import Backend, generate_in_batches
+from ..backends.base import Backend, Generation, generate_in_batches
 from ..data import Problem, check_problems
 from ..evaluate import summarize
-from ..runs import Run, run_metadata, start_run
+from ..runs import Run, RunError, read_jsonl, run_metadata, start_run
 from ..prompts import SELFBUDGETER, VANILLA_COT
 from ..tokens import count_tokens
 from .data import BuildReport, GRPOPrompt, SFTExample
@@ -58,24 +60,59 @@ def labelled_answer(solution: str, n_output_tokens: int, tokenizer=None) -> tupl
     return format_answer(budget, solution), budget
 
 
+def _sample_rounds(backend: Backend, problems: Sequence[Problem], *, samples: int, max_new_tokens: int,
+                   temperature: float, batch_size: int | None, samples_path: str | Path | None
+                   ) -> dict[tuple[int, str], Generation]:
+    """Every (round k, problem id) → vanilla-CoT generation. With `samples_path`, each chunk of
+    generations is appended to that JSONL as it finishes, and rows already there are reused, so an
+    interrupted run resumes where it stopped (a repeated run with other settings is refused)."""
+    settings = json.loads(json.dumps({"max_new_tokens": max_new_tokens, "temperature": temperature,
+                                      "backend": backend.identity()}, default=str))  # as stored
+    path = Path(samples_path) if samples_path is not None else None
+    done: dict[tuple[int, str], Generation] = {}
+    for lineno, row in enumerate(read_jsonl(path, repair=True) if path else [], start=1):
+        if row.get("settings") != settings:
+            raise RunError(f"{path}:{lineno}: cold-start samples made with other settings {row.get('settings')}; "
+                           "use another samples_path")
+        done[(row["k"], row["id"])] = Generation(row["text"], row["n_output_tokens"], row["finish_reason"])
+    chunk = max((batch_size or len(problems)) * 4, 1) if path else max(len(problems), 1)
+    for k in range(samples):
+        todo = [p for p in problems if (k, p.id) not in done]
+        for start in range(0, len(todo), chunk):
+            part = todo[start:start + chunk]
+            gens = generate_in_batches(backend, [VANILLA_COT.render(p.question) for p in part],
+                                       max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                       temperature=temperature, seed=k)  # sampled: seed k per round
+            done.update({(k, p.id): g for p, g in zip(part, gens, strict=True)})
+            if path:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with path.open("a") as f:
+                    for p, g in zip(part, gens):
+                        f.write(json.dumps({"k": k, "id": p.id, "text": g.text, "n_output_tokens": g.n_output_tokens,
+                                            "finish_reason": g.finish_reason, "settings": settings}) + "\n")
+    return done
+
+
 def build_cold_start(backend: Backend, problems: Sequence[Problem], *, max_new_tokens: int, samples: int = 1,
-                     temperature: float = 0.0, batch_size: int | None = None
-                     ) -> tuple[list[SFTExample], BuildReport]:
+                     temperature: float = 0.0, batch_size: int | None = None,
+                     samples_path: str | Path | None = None) -> tuple[list[SFTExample], BuildReport]:
     """Cold-start SFT data: for each problem, `samples` vanilla-CoT answers
     (greedy when 1), the correct and finished ones kept, each labelled with
     its own length as the budget (`labelled_answer`, with the backend's
-    tokenizer when it has one). Raises when none is left."""
+    tokenizer when it has one). With `samples_path` the raw answers are
+    written there as they come and reused on a rerun (resumable). Raises
+    when none is left."""
     check_problems(problems, "build cold-start data from")
     if samples < 1 or (samples > 1 and temperature <= 0):
         raise ValueError("samples must be >= 1, and more than one sample needs temperature > 0")
+    gens = _sample_rounds(backend, problems, samples=samples, max_new_tokens=max_new_tokens,
+                          temperature=temperature, batch_size=batch_size, samples_path=samples_path)
     report = BuildReport(n_results=len(problems) * samples)
     tokenizer = getattr(backend, "tokenizer", None)
     examples, seen = [], set()
     for k in range(samples):
-        gens = generate_in_batches(backend, [VANILLA_COT.render(p.question) for p in problems],
-                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                   temperature=temperature, seed=k)  # sampled: seed k per round
-        for p, g in zip(problems, gens, strict=True):
+        for p in problems:
+            g = gens[(k, p.id)]
             if g.finish_reason != "stop":
                 report.skip("truncated")
             elif not is_correct(extract_answer(g.text), p.answer):
