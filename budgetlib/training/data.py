@@ -34,8 +34,9 @@ from ..backends.base import Backend, generate_in_batches
 from ..data import Problem, check_problems
 from ..prompts import BUDGETED_COT, VANILLA_COT
 
-__all__ = ["LeakageError", "normalize_question", "problem_statement", "check_no_overlap", "drop_overlap", "SFTExample", "DPOPair",
-           "GRPOPrompt", "BuildReport", "build_sft_examples", "build_dpo_pairs", "save_jsonl", "load_jsonl", "to_dataset"]
+__all__ = ["LeakageError", "normalize_question", "problem_statement", "check_no_overlap", "drop_overlap",
+           "SFTExample", "DPOPair", "GRPOPrompt", "BuildReport", "build_sft_examples", "build_dpo_pairs", "save_jsonl",
+           "load_jsonl", "to_dataset"]
 
 
 class LeakageError(ValueError):
@@ -57,8 +58,8 @@ def problem_statement(text: str, min_words: int = 8) -> str | None:
     """The normalised text before a question's last sentence (the thing asked),
     or None when that is shorter than `min_words` words.
 
-    >>> problem_statement("Weng earns $12 an hour for babysitting. Yesterday, she did 50 minutes. How much did she earn?")
-    'weng earns 12 an hour for babysitting yesterday she did 50 minutes'
+    >>> problem_statement("Weng earns $12 an hour babysitting. Yesterday she did 50 minutes. How much did she earn?")
+    'weng earns 12 an hour babysitting yesterday she did 50 minutes'
     >>> problem_statement("What is 2 + 3?") is None
     True
     """

@@ -156,13 +156,9 @@ def train_or_reuse(config: TrainConfig, items: Sequence[SFTExample | DPOPair | G
     output_dir = Path(output_dir)
     if (output_dir / "adapter" / "adapter_config.json").exists():
         saved = json.loads((output_dir / "train_config.json").read_text())
-        defaults = json.loads(json.dumps(asdict(TrainConfig(kind=saved["kind"])), default=str))
-        wanted = json.loads(json.dumps(asdict(config), default=str))
-        saved = {**defaults, **saved}  # keys added since the run was saved keep their defaults
-        for execution_only in ("fused_logprobs", "gradient_checkpointing"):  # same results either way
-            saved.pop(execution_only, None)
-            wanted.pop(execution_only, None)
-        if saved != wanted:
+        defaults = TrainConfig(kind=saved["kind"]).identity()
+        saved = {k: v for k, v in {**defaults, **saved}.items() if k in defaults}  # new keys keep their defaults
+        if saved != config.identity():  # execution-only fields (EXECUTION_ONLY) give the same results either way
             raise FileExistsError(f"{output_dir} holds a run with another config; use another output_dir")
         history = json.loads((output_dir / "log_history.json").read_text())
         steps = max((h.get("step", 0) for h in history), default=0)
