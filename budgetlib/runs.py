@@ -27,7 +27,7 @@ from typing import Any, Callable, Iterable
 from .paths import project_root
 
 __all__ = ["Run", "RunError", "start_run", "open_run", "find_runs", "append_csv", "run_metadata", "config_hash", "environment_info",
-           "results_root", "read_jsonl"]
+           "results_root", "read_jsonl", "append_jsonl"]
 
 log = logging.getLogger(__name__)
 VERSIONED = ("budgetlib", "torch", "transformers", "trl", "peft", "datasets", "numpy", "pandas")
@@ -110,6 +110,19 @@ def read_jsonl(path: Path, *, repair: bool = False) -> list[dict[str, Any]]:
     return rows
 
 
+def append_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Append `rows` to a JSONL file (created with its folder if missing) and flush them to disk,
+    so a run interrupted later keeps them (`read_jsonl(..., repair=True)` reads them back)."""
+    lines = "".join(json.dumps(row, ensure_ascii=False, default=str) + "\n" for row in rows)
+    if not lines:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(lines)
+        f.flush()
+        os.fsync(f.fileno())
+
+
 @dataclass
 class Run:
     """An open run directory."""
@@ -146,17 +159,11 @@ class Run:
         """Append finished items (each with an ``id``) and flush them to disk."""
         if self.finished:
             raise RunError(f"{self.dir} is finished (summary.json exists); start a new run")
-        lines = []
+        rows = list(rows)
         for row in rows:
             if "id" not in row:
                 raise RunError(f"item without an 'id' field: keys {sorted(row)}")
-            lines.append(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-        if not lines:
-            return
-        with self.items_path.open("a", encoding="utf-8") as f:
-            f.write("".join(lines))
-            f.flush()
-            os.fsync(f.fileno())
+        append_jsonl(self.items_path, rows)
 
     def clear_items(self) -> None:
         """Drop the items of an unfinished run (for steps that write all

@@ -46,7 +46,7 @@ from .backends.base import Backend, Generation, generate_in_batches
 from .backends.prefix_cache import prefix_sharing
 from .data import Problem, check_problems
 from .prompts import BUDGETED_COT, VANILLA_COT
-from .runs import RunError, read_jsonl
+from .runs import RunError, append_jsonl, read_jsonl
 
 __all__ = ["SearchConfig", "TraceStep", "BudgetSearchResult", "search_budgets", "search_budgets_sequential",
            "halving_ladder", "search_run", "summarize_search", "results_frame",
@@ -192,13 +192,8 @@ class _ResultsFile:
     def write(self, results: Sequence[BudgetSearchResult]) -> None:
         for r in results:
             self.done[r.id] = r
-        if self.path is None or not results:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open("a", encoding="utf-8") as f:
-            for r in results:
-                f.write(json.dumps({**r.to_row(), "search_fingerprint": self.fingerprint}, ensure_ascii=False) + "\n")
-            f.flush()
+        if self.path is not None:
+            append_jsonl(self.path, ({**r.to_row(), "search_fingerprint": self.fingerprint} for r in results))
 
 
 def halving_ladder(start: int, floor: int = 1) -> list[int]:

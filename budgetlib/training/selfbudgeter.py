@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,7 +21,7 @@ from ..answers import extract_answer, is_correct
 from ..backends.base import Backend, Generation, generate_in_batches
 from ..data import Problem, check_problems
 from ..evaluate import summarize
-from ..runs import Run, RunError, read_jsonl, run_metadata, start_run
+from ..runs import Run, RunError, append_jsonl, config_hash, read_jsonl, run_metadata, start_run
 from ..prompts import SELFBUDGETER, VANILLA_COT
 from ..tokens import count_tokens
 from .data import BuildReport, GRPOPrompt, SFTExample
@@ -66,14 +65,14 @@ def _sample_rounds(backend: Backend, problems: Sequence[Problem], *, samples: in
     """Every (round k, problem id) → vanilla-CoT generation. With `samples_path`, each chunk of
     generations is appended to that JSONL as it finishes, and rows already there are reused, so an
     interrupted run resumes where it stopped (a repeated run with other settings is refused)."""
-    settings = json.loads(json.dumps({"max_new_tokens": max_new_tokens, "temperature": temperature,
-                                      "backend": backend.identity()}, default=str))  # as stored
+    fingerprint = config_hash({"max_new_tokens": max_new_tokens, "temperature": temperature,
+                               "backend": backend.identity()})
     path = Path(samples_path) if samples_path is not None else None
     done: dict[tuple[int, str], Generation] = {}
     for lineno, row in enumerate(read_jsonl(path, repair=True) if path else [], start=1):
-        if row.get("settings") != settings:
-            raise RunError(f"{path}:{lineno}: cold-start samples made with other settings {row.get('settings')}; "
-                           "use another samples_path")
+        if row.get("fingerprint") != fingerprint:
+            raise RunError(f"{path}:{lineno}: cold-start samples made with other settings (model, max_new_tokens or "
+                           "temperature); use another samples_path")
         done[(row["k"], row["id"])] = Generation(row["text"], row["n_output_tokens"], row["finish_reason"])
     chunk = max((batch_size or len(problems)) * 4, 1) if path else max(len(problems), 1)
     for k in range(samples):
@@ -85,11 +84,9 @@ def _sample_rounds(backend: Backend, problems: Sequence[Problem], *, samples: in
                                        temperature=temperature, seed=k)  # sampled: seed k per round
             done.update({(k, p.id): g for p, g in zip(part, gens, strict=True)})
             if path:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                with path.open("a") as f:
-                    for p, g in zip(part, gens):
-                        f.write(json.dumps({"k": k, "id": p.id, "text": g.text, "n_output_tokens": g.n_output_tokens,
-                                            "finish_reason": g.finish_reason, "settings": settings}) + "\n")
+                append_jsonl(path, ({"k": k, "id": p.id, "text": g.text, "n_output_tokens": g.n_output_tokens,
+                                     "finish_reason": g.finish_reason, "fingerprint": fingerprint}
+                                    for p, g in zip(part, gens)))
     return done
 
 
