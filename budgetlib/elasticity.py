@@ -23,7 +23,7 @@ from .answers import extract_answer, is_correct
 from .backends.base import Backend, Generation, generate_in_batches
 from .backends.prefix_cache import prefix_sharing
 from .data import Problem, check_problems
-from .prompts import BUDGETED_COT, VANILLA_COT
+from .prompts import BUDGETED_COT, VANILLA_COT, PromptTemplate
 from .search import halving_ladder
 
 __all__ = ["budget_sweep", "ladder_sweep", "ladder_requests", "sweep_run", "sweep_summary", "elastic_budgets",
@@ -39,11 +39,12 @@ def _vanilla(backend: Backend, problems: Sequence[Problem], max_new_tokens: int,
 
 
 def _budgeted(backend: Backend, pairs: Sequence[tuple[Problem, int]], max_new_tokens: int,
-              batch_size: int | None, shared_prefix: bool | None) -> list[Generation]:
+              batch_size: int | None, shared_prefix: bool | None,
+              template: PromptTemplate = BUDGETED_COT) -> list[Generation]:
     """One generation per (problem, budget) pair, in the pairs' order, with
     prefix sharing switched as asked (None: `SHARED_PREFIX_DEFAULT`)."""
     with prefix_sharing(backend, SHARED_PREFIX_DEFAULT if shared_prefix is None else shared_prefix):
-        return generate_in_batches(backend, [BUDGETED_COT.render(p.question, b) for p, b in pairs],
+        return generate_in_batches(backend, [template.render(p.question, b) for p, b in pairs],
                                    max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
@@ -55,11 +56,15 @@ def _row(p: Problem, b: int, g: Generation, vanilla: Generation) -> dict:
 
 
 def budget_sweep(backend: Backend, problems: Sequence[Problem], budgets: Sequence[int], *,
-                 max_new_tokens: int, batch_size: int | None = None, shared_prefix: bool | None = None):
+                 max_new_tokens: int, batch_size: int | None = None, shared_prefix: bool | None = None,
+                 template: PromptTemplate = BUDGETED_COT):
     """A pandas frame with one row per (problem, budget), budget by budget:
     id, budget, output_tokens, correct, within_budget, finish_reason, plus the
     problem's vanilla_tokens and vanilla_correct (one batched vanilla pass).
-    The budgeted prompts are sent question by question (module docstring)."""
+    The budgeted prompts (`template`: TALE's wording by default, or another of
+    `prompts.BUDGET_WORDINGS`) are sent question by question (module docstring)."""
+    if not template.needs_budget:
+        raise ValueError(f"template {template.name!r} has no {{budget}} field")
     import pandas as pd
 
     check_problems(problems, "sweep")
@@ -69,7 +74,7 @@ def budget_sweep(backend: Backend, problems: Sequence[Problem], budgets: Sequenc
         raise ValueError(f"budgets must be positive integers, got {budgets!r}")
     pairs = [(p, b) for p in problems for b in budgets]
     vanilla = _vanilla(backend, problems, max_new_tokens, batch_size)
-    gens = _budgeted(backend, pairs, max_new_tokens, batch_size, shared_prefix)
+    gens = _budgeted(backend, pairs, max_new_tokens, batch_size, shared_prefix, template)
     k = len(budgets)
     rows = [_row(p, b, gens[i * k + j], vanilla[i]) for j, b in enumerate(budgets) for i, p in enumerate(problems)]
     return pd.DataFrame(rows)
@@ -137,7 +142,7 @@ def elastic_budgets(frame):
 
 def sweep_run(backend: Backend, problems: Sequence[Problem], budgets: Sequence[int], *, max_new_tokens: int,
               dataset: str, profile: str, batch_size: int | None = None, step: str = "03_token_elasticity",
-              root=None, shared_prefix: bool | None = None):
+              root=None, shared_prefix: bool | None = None, template: PromptTemplate = BUDGETED_COT):
     """`budget_sweep` stored in a run directory found by a hash of its
     config: computed once, read back afterwards. `shared_prefix` is an
     execution detail (not in the hash). Returns (frame, run)."""
@@ -148,13 +153,13 @@ def sweep_run(backend: Backend, problems: Sequence[Problem], budgets: Sequence[i
     identity = backend.identity()
     config = {"budgets": list(budgets), "max_new_tokens": max_new_tokens, "backend": identity,
               "dataset": dataset, "ids": [p.id for p in problems],
-              "templates": [VANILLA_COT.text, BUDGETED_COT.text]}
+              "templates": [VANILLA_COT.text, template.text]}
     meta = run_metadata(identity, dataset=dataset, n=len(problems), profile=profile)
     run = start_run(step, config, metadata=meta, root=root)
     if run.finished:
         return pd.DataFrame(run.items()), run
     frame = budget_sweep(backend, problems, budgets, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                         shared_prefix=shared_prefix)
+                         shared_prefix=shared_prefix, template=template)
     run.clear_items()  # an interrupted earlier attempt may have left a partial write
     run.append(frame.to_dict("records"))
     run.finish({"per_budget": sweep_summary(frame).to_dict("records")})

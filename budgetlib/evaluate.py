@@ -16,7 +16,7 @@ from .answers import extract_answer, is_correct
 from .backends.base import Backend, generate_in_batches
 from .data import Problem, check_problems
 from .estimators import BudgetEstimate, BudgetEstimator
-from .prompts import BUDGETED_COT, DIRECT, VANILLA_COT, PromptTemplate
+from .prompts import BUDGET_WORDINGS, BUDGETED_COT, DIRECT, VANILLA_COT, PromptTemplate
 from .runs import Run, run_metadata, start_run
 from .tokens import DEFAULT_PRICES, PriceTable, expense
 
@@ -66,9 +66,14 @@ DIRECT_ANSWER = Method("direct", DIRECT)
 VANILLA = Method("vanilla_cot", VANILLA_COT)
 
 
-def budgeted(budget: int) -> Method:
-    """Budgeted CoT at a fixed stated budget."""
-    return Method(f"budget_{budget}", BUDGETED_COT, budget)
+def budgeted(budget: int, wording: str = "tokens") -> Method:
+    """Budgeted CoT at a fixed stated budget, in one of `prompts.BUDGET_WORDINGS`
+    (TALE's "use less than β tokens" by default; named ``budget_<β>``, other
+    wordings ``budget_<β>_<wording>``)."""
+    if wording not in BUDGET_WORDINGS:
+        raise ValueError(f"unknown budget wording {wording!r}; known: {', '.join(BUDGET_WORDINGS)}")
+    suffix = "" if wording == "tokens" else f"_{wording}"
+    return Method(f"budget_{budget}{suffix}", BUDGET_WORDINGS[wording], budget)
 
 
 def estimated(name: str, estimator: BudgetEstimator) -> Method:

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 __all__ = ["redundancy_figure", "elasticity_figure", "budget_histogram", "search_trace_figure", "frontier_figure",
-           "estimate_scatter", "training_figure", "adherence_figure", "finish", "save"]
+           "estimate_scatter", "training_figure", "adherence_figure", "finish", "save", "figure_name"]
 
 
 def save(fig, path: str | Path | None) -> None:
@@ -15,6 +15,20 @@ def save(fig, path: str | Path | None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120, bbox_inches="tight")
+
+
+def figure_name(name: str, profile: str) -> str:
+    """A figure's file name for a profile: the smoke profile's is `name` (what
+    CI regenerates), other profiles' carry theirs, so a medium or full run
+    never overwrites the smoke figures.
+
+    >>> figure_name("01_token_redundancy.png", "smoke"), figure_name("01_token_redundancy.png", "medium")
+    ('01_token_redundancy.png', '01_token_redundancy_medium.png')
+    """
+    if profile == "smoke":
+        return name
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}_{profile}{dot}{ext}" if dot else f"{name}_{profile}"
 
 
 def finish(fig, path: str | Path | None, title: str | None = None):
@@ -63,23 +77,29 @@ def redundancy_figure(summary, path: str | Path | None = None, title: str | None
 def elasticity_figure(summary, path: str | Path | None = None, title: str | None = None):
     """Three panels over the stated budget (log scale): actual output tokens
     (mean and median) against the y = x line, accuracy, and the share of
-    answers within budget. `summary` as from `elasticity.sweep_summary`."""
+    answers within budget. `summary` as from `elasticity.sweep_summary`, or a
+    dict {label: summary} to compare prompt wordings of the same budget."""
     import matplotlib.pyplot as plt
 
+    summaries = summary if isinstance(summary, dict) else {None: summary}
     fig, (ax_tok, ax_acc, ax_in) = plt.subplots(1, 3, figsize=(13, 3.8))
-    b = summary["budget"]
-    ax_tok.plot(b, summary["mean_output_tokens"], "o-", label="mean output tokens")
-    ax_tok.plot(b, summary["median_output_tokens"], "s--", label="median output tokens")
+    for label, s in summaries.items():
+        b, tag = s["budget"], "" if label is None else f" ({label})"
+        ax_tok.plot(b, s["mean_output_tokens"], "o-", label=f"mean output tokens{tag}")
+        ax_tok.plot(b, s["median_output_tokens"], "s--", label=f"median output tokens{tag}")
+        ax_acc.plot(b, s["accuracy"], "o-", label=label)
+        ax_in.plot(b, s["within_budget"], "o-", label=label)
+    b = next(iter(summaries.values()))["budget"]
     ax_tok.plot(b, b, "k:", label="y = x (the stated budget)")
     ax_tok.set_ylabel("actual output tokens")
     ax_tok.set_yscale("log", base=2)
     ax_tok.legend(fontsize=8)
-    ax_acc.plot(b, summary["accuracy"], "o-")
     ax_acc.set_ylabel("accuracy")
     ax_acc.set_ylim(0, 1)
-    ax_in.plot(b, summary["within_budget"], "o-")
     ax_in.set_ylabel("share of answers within budget")
     ax_in.set_ylim(0, 1)
+    if len(summaries) > 1:
+        ax_acc.legend(fontsize=8)
     for ax in (ax_tok, ax_acc, ax_in):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("stated budget β (tokens)")

@@ -12,8 +12,8 @@ from __future__ import annotations
 import string
 from dataclasses import dataclass
 
-__all__ = ["PromptTemplate", "ANSWER_FORMAT", "DIRECT", "VANILLA_COT", "BUDGETED_COT",
-           "TALE_EP_ESTIMATE", "SELFBUDGETER", "TEMPLATES", "render_chat"]
+__all__ = ["PromptTemplate", "ANSWER_FORMAT", "DIRECT", "VANILLA_COT", "BUDGETED_COT", "BUDGETED_COT_WORDS",
+           "BUDGETED_COT_STRICT", "BUDGET_WORDINGS", "TALE_EP_ESTIMATE", "SELFBUDGETER", "TEMPLATES", "render_chat"]
 
 ANSWER_FORMAT = ("Please give the response by strictly following this format: [[answer]], "
                  "for example: Answer: [[50]].")
@@ -54,6 +54,18 @@ BUDGETED_COT = PromptTemplate(
     "budgeted_cot",
     "{question}\n" + ANSWER_FORMAT + "\nLet's think step by step and use less than {budget} tokens:\n",
 )
+# Other wordings of the same budget, to see which one a model obeys when TALE's does not bind
+# (notebooks 01 and 03): a budget in words, and a hard limit stated as an instruction.
+BUDGETED_COT_WORDS = PromptTemplate(
+    "budgeted_cot_words",
+    "{question}\n" + ANSWER_FORMAT + "\nLet's think step by step and use less than {budget} words:\n",
+)
+BUDGETED_COT_STRICT = PromptTemplate(
+    "budgeted_cot_strict",
+    "{question}\n" + ANSWER_FORMAT + "\nThink step by step, but your whole response must be at most {budget} "
+    "tokens long: write only the essential steps, then the answer.\n",
+)
+BUDGET_WORDINGS = {"tokens": BUDGETED_COT, "words": BUDGETED_COT_WORDS, "strict": BUDGETED_COT_STRICT}
 TALE_EP_ESTIMATE = PromptTemplate(
     "tale_ep_estimate",
     "Task: Analyze the given question and estimate the minimum number of tokens required to "
@@ -68,7 +80,8 @@ SELFBUDGETER = PromptTemplate(
     "<solution>...</solution>, ending with the final answer as [[answer]].",
 )
 
-TEMPLATES = {t.name: t for t in (DIRECT, VANILLA_COT, BUDGETED_COT, TALE_EP_ESTIMATE, SELFBUDGETER)}
+TEMPLATES = {t.name: t for t in (DIRECT, VANILLA_COT, BUDGETED_COT, BUDGETED_COT_WORDS, BUDGETED_COT_STRICT,
+                                  TALE_EP_ESTIMATE, SELFBUDGETER)}
 
 
 def render_chat(tokenizer, prompt: str, assistant_prefix: str | None = None) -> str:

@@ -56,6 +56,18 @@ def _git_sha() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux), else `platform.processor()`."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def environment_info() -> dict[str, Any]:
     """Python, platform, package versions, git sha and accelerator, for metadata and benchmarks."""
     versions = {}
@@ -65,7 +77,7 @@ def environment_info() -> dict[str, Any]:
         except importlib_metadata.PackageNotFoundError:
             versions[pkg] = None
     info = {"python": sys.version.split()[0], "platform": platform.platform(),
-            "machine": platform.machine(), "cpu_count": os.cpu_count(), "versions": versions,
+            "machine": platform.machine(), "cpu": cpu_model(), "cpu_count": os.cpu_count(), "versions": versions,
             "git_sha": _git_sha()}
     try:
         import torch

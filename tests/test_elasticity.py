@@ -85,3 +85,35 @@ def test_sweep_run_interrupted_after_a_partial_write_does_not_duplicate(tmp_path
     again, _ = sweep_run(FakeBackend(elastic_model), PROBLEMS, [4, 16], max_new_tokens=50, dataset="t",
                          profile="smoke", root=tmp_path)
     assert len(again) == len(frame) == 8 and len(run.items()) == 8
+
+
+def words_only_model(prompt, *args):
+    """Obeys a budget stated in words (writes half of it), ignores one in tokens (60 tokens)."""
+    i = int(re.search(r"What is (\d+)", prompt).group(1))
+    m = re.search(r"less than (\d+) words", prompt)
+    n = 60 if m is None else max(int(m.group(1)) // 2, 2)
+    return " ".join(["w"] * (n - 1)) + f" [[{i + 1}]]"
+
+
+def test_sweep_in_another_wording():
+    from budgetlib.prompts import BUDGET_WORDINGS, DIRECT
+
+    fake = FakeBackend(words_only_model)
+    tale = sweep_summary(budget_sweep(fake, PROBLEMS, [16, 32], max_new_tokens=100)).set_index("budget")
+    words = sweep_summary(budget_sweep(fake, PROBLEMS, [16, 32], max_new_tokens=100,
+                                       template=BUDGET_WORDINGS["words"])).set_index("budget")
+    assert list(tale.mean_output_tokens) == [60, 60] and list(words.mean_output_tokens) == [8, 16]
+    assert words.within_budget.eq(1.0).all() and tale.within_budget.eq(0.0).all()
+    with pytest.raises(ValueError, match="has no {budget} field"):
+        budget_sweep(fake, PROBLEMS, [16], max_new_tokens=10, template=DIRECT)
+
+
+def test_budget_wordings_as_methods():
+    from budgetlib.evaluate import budgeted
+
+    assert budgeted(50).name == "budget_50" and "use less than 50 tokens" in budgeted(50).template.render("Q", 50)
+    words = budgeted(50, "words")
+    assert words.name == "budget_50_words" and "less than 50 words" in words.template.render("Q", 50)
+    assert "at most 50 tokens" in budgeted(50, "strict").template.render("Q", 50)
+    with pytest.raises(ValueError, match="unknown budget wording 'lines'"):
+        budgeted(50, "lines")

@@ -82,3 +82,22 @@ def test_prompt_longer_than_the_context_is_a_clear_error(backend):
     context = backend.model.config.max_position_embeddings
     with pytest.raises(ValueError, match=f"exceeds {EMBEDDED_MODEL_ID}'s context of {context} tokens"):
         backend.generate(["fine", "apple " * context], max_new_tokens=8)
+
+
+def test_compacting_decoder_equals_generate(questions):
+    """The greedy loop that drops finished rows gives `generate`'s answers and
+    counts, and runs fewer row-steps when answers end at different lengths."""
+    short = [prompts.DIRECT.render(p.question) for p in data.load("synthetic", "test", limit=3)]
+    mixed = short + questions[:3]  # short direct answers beside longer CoT ones, in one batch of 6
+    wide = HFBackend(batch_size=6, progress=False, compact=False)
+    reference = wide.generate(mixed, max_new_tokens=48)
+    assert wide.compact_stats == {"batches": 0, "row_steps": 0}  # generate() did it
+    wide.compact = True
+    compacted = wide.generate(mixed, max_new_tokens=48)
+    assert compacted == reference
+    lengths = [g.n_output_tokens + (g.finish_reason == "stop") for g in reference]  # steps incl. the end token
+    assert min(lengths) < max(lengths)  # rows do finish at different steps
+    assert wide.compact_stats["batches"] == 1
+    # each row is carried until the step after its last token; generate() carries all 6 to the longest
+    assert wide.compact_stats["row_steps"] == sum(min(n - 1, 47) for n in lengths)
+    assert wide.compact_stats["row_steps"] < len(mixed) * (max(lengths) - 1)

