@@ -128,3 +128,16 @@ def test_real_server_greedy_counts_match_the_tokenizer():
         assert free.finish_reason == "stop" and 0 < free.n_output_tokens < 24
         assert count_tokens(tok, free.text) == free.n_output_tokens  # no end-of-sequence token counted
         assert b.generate(["What is 2 + 2? Answer with one number."], max_new_tokens=24)[0] == free
+
+
+def test_open_backend_picks_the_engine(fake_binary, tmp_path, monkeypatch):
+    from budgetlib.backends import open_backend
+
+    exe, gguf = fake_binary
+    monkeypatch.setenv("FAKE_LLAMA_ARGV_FILE", str(tmp_path / "argv.json"))
+    with open_backend(gguf, engine="llama-server", batch_size=3, progress=False, binary=str(exe)) as b:
+        assert isinstance(b, LlamaServerBackend) and b.parallel == 3
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv[argv.index("-np") + 1] == "3"
+    with pytest.raises(ValueError, match="unknown engine 'vllm'; known: hf, llama-server"):
+        open_backend(gguf, engine="vllm")
