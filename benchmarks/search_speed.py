@@ -50,11 +50,14 @@ class Recording:
 
 
 def llama_cpp_tokens_per_s(questions: list[str], max_new_tokens: int, threads: int) -> float | None:
+    from budgetlib.backends.llama_cpp_python import load_llama
+
     try:
-        from llama_cpp import Llama
+        import llama_cpp  # noqa: F401
     except ImportError:
         return None
-    llm = Llama(model_path=str(embedded_gguf_path()), n_ctx=2048, n_threads=threads, verbose=False, seed=0)
+    llm = load_llama(  # repacking off, as everywhere budgetlib loads a GGUF with llama.cpp
+        str(embedded_gguf_path()), n_ctx=2048, n_threads=threads, verbose=False, seed=0)
     tokens, start = 0, time.perf_counter()
     for q in questions:
         out = llm.create_chat_completion(messages=[{"role": "user", "content": q}], max_tokens=max_new_tokens,

@@ -41,7 +41,7 @@ from typing import Any, Sequence
 from .base import Generation, check_request, prefixes_for
 from .server_process import ServerCrashed, ServerProcess, free_port
 
-__all__ = ["LlamaServerBackend", "find_llama_server", "LlamaServerError"]
+__all__ = ["LlamaServerBackend", "find_llama_server", "LlamaServerError", "ServerCrashed"]
 
 
 class LlamaServerError(RuntimeError):
@@ -177,5 +177,3 @@ class LlamaServerBackend:
     def __exit__(self, *exc) -> None:
         self.close()
 
-
-__all__ += ["ServerCrashed"]
