@@ -69,3 +69,25 @@ def test_q4_k_m_loads_without_weight_repacking():
     import llama_cpp.llama_cpp as lib
 
     assert lib.llama_model_default_params().use_extra_bufts is True  # only inside load_llama
+
+
+@pytest.mark.integration
+def test_load_llama_greedy_answers_do_not_depend_on_earlier_requests():
+    """load_llama's model evaluates every prompt from an empty KV cache: the same prompt after itself,
+    after a prompt sharing its prefix, or after an unrelated one gives the same greedy tokens."""
+    pytest.importorskip("llama_cpp")
+    from budgetlib.backends.hf import embedded_gguf_path
+    from budgetlib.backends.llama_cpp_python import load_llama
+
+    llm = load_llama(str(embedded_gguf_path()), n_ctx=512, n_threads=2, verbose=False, seed=0)
+    base = "Question: Tom has 3 apples and buys 5 more. How many apples does he have?"
+
+    def answer(prompt):
+        out = llm.create_completion(prompt, max_tokens=16, temperature=0.0)
+        return out["choices"][0]["text"], out["usage"]["completion_tokens"]
+
+    first = answer(base)
+    for before in (base, base + " Think step by step.", "Name a colour.", base):
+        answer(before)
+        assert answer(base) == first, f"after {before!r}"
+    assert llm.n_tokens > 0  # the state is kept between calls; only its reuse is off

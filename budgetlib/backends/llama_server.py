@@ -13,9 +13,16 @@ end-of-sequence token, the same definition as `HFBackend`.
 
 Decoding: temperature 0 is greedy; above 0 it is plain temperature sampling
 (top-k, top-p and min-p off, no repeat penalty) with the request's seed.
-Continuous batching changes which sequences share a matrix multiply, so a
-greedy answer can differ in rare near-ties between two runs; the generation
-cache (`CachedBackend`) makes reruns of a notebook reuse the first answers.
+
+Greedy answers do not depend on what ran before: every request is sent with
+``cache_prompt: false`` (a slot never continues from the KV cells its last
+request left, which evaluates the shared prefix once and the rest in another
+split, rounding differently), and the server starts with its host-memory
+prompt cache off (``--cache-ram 0``) and one KV buffer per slot (no
+``--kv-unified``), so a sequence's cells start at 0 in its own buffer
+whichever slot it lands in and whoever shares the batch. Tested: the same
+prompts in other orders and at other concurrencies give identical texts and
+counts (tests/test_llama_server.py). It costs re-evaluating shared prefixes.
 
 Weights are loaded without CPU weight repacking (``--no-repack``, i.e.
 ``use_extra_bufts = false``): repacking Q4_K_M weights crashed llama.cpp on
@@ -131,7 +138,7 @@ class LlamaServerBackend:
     # --- internals --------------------------------------------------------
     def _one(self, text: str, max_new_tokens: int, temperature: float, seed: int) -> Generation:
         body = {"prompt": text, "n_predict": max_new_tokens, "temperature": temperature, "seed": seed,
-                "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0, "cache_prompt": True,
+                "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0, "cache_prompt": False,
                 "return_tokens": True, "stream": False}
         out = self._request("POST", "/completion", body)
         tokens = list(out.get("tokens") or [])
