@@ -32,6 +32,8 @@ def main():
     ap.add_argument("-np", type=int, default=1)
     ap.add_argument("-t", type=int, default=1)
     ap.add_argument("--no-webui", action="store_true")
+    ap.add_argument("--cache-ram", type=int, default=8192)
+    ap.add_argument("--no-kv-unified", action="store_true")
     ap.add_argument("--no-repack", action="store_true")
     args = ap.parse_args()
     if os.environ.get("FAKE_LLAMA_ARGV_FILE"):

@@ -44,6 +44,7 @@ def test_is_a_backend_with_its_command_line(backend, tmp_path):
     assert argv[argv.index("-np") + 1] == "3" and argv[argv.index("-c") + 1] == "1536"  # 3 slots x 512
     assert argv[argv.index("-t") + 1] == "2"
     assert "--no-repack" in argv  # weight repacking (extra buffer types) off by default
+    assert argv[argv.index("--cache-ram") + 1] == "0" and "--no-kv-unified" in argv  # reproducible greedy answers
     assert backend.n_ctx_slot == 512
     assert backend.identity() == {"model": "tiny", "revision": None, "backend": "llama.cpp-server",
                                   "dtype": "gguf", "device": "cpu"}
@@ -128,6 +129,27 @@ def test_real_server_greedy_counts_match_the_tokenizer():
         assert free.finish_reason == "stop" and 0 < free.n_output_tokens < 24
         assert count_tokens(tok, free.text) == free.n_output_tokens  # no end-of-sequence token counted
         assert b.generate(["What is 2 + 2? Answer with one number."], max_new_tokens=24)[0] == free
+
+
+@pytest.mark.integration
+def test_real_server_greedy_answers_do_not_depend_on_order_or_concurrency():
+    """The same prompts (sharing prefixes, one repeated) in three orders, one or three at a time, three
+    rounds: identical texts and counts. Without cache_prompt off, the host prompt cache off and one KV
+    buffer per slot, a prompt's answer could depend on what the slot or the batch held before."""
+    binary = _real_binary()
+    prompts = ["What is 2 + 2? Answer with one number.", "What is 2 + 2? Answer with one number, then explain.",
+               "Name a colour.", "Count from 1 to 50, one number per line.", "What is 2 + 2? Answer with one number."]
+    n, reference = len(prompts), None
+    with LlamaServerBackend("smollm2-135m", parallel=3, ctx_per_slot=512, binary=binary) as b:
+        for round_ in range(3):
+            for order, slots in ((list(range(n)), 1), (list(reversed(range(n))), 3), ([2, 0, 4, 1, 3], 3)):
+                b.parallel = slots  # requests in flight at once (the server keeps its 3 slots)
+                gens = b.generate([prompts[i] for i in order], max_new_tokens=16)
+                by_prompt = dict(zip(order, gens))
+                got = [by_prompt[i] for i in range(n)]
+                reference = reference or got
+                assert got == reference, f"round {round_}, order {order}, {slots} at once"
+    assert reference[0] == reference[4]
 
 
 def test_open_backend_picks_the_engine(fake_binary, tmp_path, monkeypatch):

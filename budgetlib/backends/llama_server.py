@@ -103,7 +103,7 @@ class LlamaServerBackend:
         self.url = f"http://127.0.0.1:{port}"
         cmd = [self.binary, "-m", str(self.gguf), "--host", "127.0.0.1", "--port", str(port),
                "-c", str(parallel * ctx_per_slot), "-np", str(parallel), "-t", str(self.threads),
-               "--no-webui"]
+               "--no-webui", "--cache-ram", "0", "--no-kv-unified"]  # greedy answers independent of other requests
         if not repack:
             cmd.append("--no-repack")
         cmd += list(extra_args)
