@@ -1,12 +1,23 @@
 """Run directories: ``results/<step>/<run_id>/`` with
 
 - ``config.json``   what was asked for (the run id is a hash of it by default),
-- ``metadata.json`` model, dataset, n, profile, device, versions, git sha,
+- ``metadata.json`` what the run is, written by the code that creates it: its
+  human ``label`` (e.g. "TALE-PT SFT", "fixed budget β=50 (words)"), its
+  ``kind`` ("evaluation", "search", "sweep", "training", "training data",
+  "cold-start samples", ...) and ``dataset``; then model, n, profile, device,
+  versions, git sha. Readers (`results`) take the label from here and never
+  guess it from names or paths;
 - ``items.jsonl``   one row per finished item, appended as items finish,
+- artefacts (`Run.artifact`): an adapter, its checkpoints, training data;
 - ``summary.json``  written last and atomically: its presence means finished.
 
-Reopening a run with the same config resumes it; a different config under
-the same id is refused, and a finished summary is never overwritten silently.
+The run id is a hash of the config, and the config holds every input that
+decides the result (model identity and revision, prompts, decoding, data ids,
+training items, reward, starting adapter), so a rerun with any input changed
+starts a new run and a rerun with nothing changed reuses (or resumes) the old
+one. Reopening a run with the same config resumes it; a different config
+under the same id is refused, and a finished summary is never overwritten
+silently.
 """
 
 from __future__ import annotations
@@ -161,6 +172,22 @@ class Run:
     def metadata(self) -> dict[str, Any]:
         return json.loads((self.dir / "metadata.json").read_text())
 
+    @property
+    def label(self) -> str | None:
+        """The human label its creator recorded (None for a run made before labels were recorded)."""
+        return self.metadata.get("label")
+
+    @property
+    def key(self) -> str:
+        """The hash of its config: what another run's config cites to say it builds on this one."""
+        return config_hash(self.config)
+
+    def artifact(self, name: str) -> Path:
+        """The path of an artefact of this run (an adapter, training data, ...) inside its directory."""
+        if not name or "/" in name or name in ("config.json", "metadata.json", "items.jsonl", "summary.json"):
+            raise RunError(f"{self.dir}: {name!r} is not an artefact name")
+        return self.dir / name
+
     def items(self) -> list[dict[str, Any]]:
         return read_jsonl(self.items_path, repair=not self.finished)
 
@@ -199,36 +226,53 @@ class Run:
 
 
 def start_run(step: str, config: dict[str, Any], *, metadata: dict[str, Any] | None = None,
-              run_id: str | None = None, root: str | Path | None = None) -> Run:
+              run_id: str | None = None, root: str | Path | None = None, label: str | None = None,
+              kind: str | None = None, dataset: str | None = None) -> Run:
     """Open ``<root>/<step>/<run_id>/`` (root: `results_root()`; run id: a hash of
-    `config`). A new directory gets config.json and metadata.json
-    (`metadata` merged over `environment_info()`); an existing one must have the
-    same config and is resumed."""
+    `config`). A new directory gets config.json and metadata.json (`label`,
+    `kind`, `dataset` and `metadata` merged over `environment_info()`); an
+    existing one must have the same config and is resumed."""
     root = Path(root) if root is not None else results_root()
-    return open_run(root / step / (run_id or config_hash(config)), config, metadata=metadata)
+    return open_run(root / step / (run_id or config_hash(config)), config, metadata=metadata, label=label,
+                    kind=kind, dataset=dataset)
 
 
-def open_run(run_dir: str | Path, config: dict[str, Any], *, metadata: dict[str, Any] | None = None) -> Run:
+def open_run(run_dir: str | Path, config: dict[str, Any], *, metadata: dict[str, Any] | None = None,
+             label: str | None = None, kind: str | None = None, dataset: str | None = None) -> Run:
     """Open the run directory `run_dir` for `config`: set it up when new,
-    resume it when it holds the same config, refuse it otherwise."""
+    resume it when it holds the same config, refuse it otherwise. A reused
+    run whose creator now gives another label gets the new one (the label
+    describes the result; it does not change it), with a log message."""
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     normalised = json.loads(json.dumps(config, sort_keys=True, default=str))
+    described = {k: v for k, v in (("label", label), ("kind", kind), ("dataset", dataset)) if v is not None}
     if config_path.exists():
         existing = json.loads(config_path.read_text())
         if existing != normalised:
             changed = sorted(k for k in set(existing) | set(normalised) if existing.get(k) != normalised.get(k))
             raise RunError(f"{run_dir} holds a run with a different config (differs in {changed}); "
                            "use another run_id or remove that directory")
-        return Run(run_dir)
+        run = Run(run_dir)
+        meta = run.metadata
+        if any(meta.get(k) != v for k, v in described.items()):
+            log.info("%s: recording %s (was %s)", run_dir, described, {k: meta.get(k) for k in described})
+            _write_json(run_dir / "metadata.json", {**meta, **described})
+        return run
     run_dir.mkdir(parents=True, exist_ok=True)
-    meta = {**environment_info(), **(metadata or {}),
+    meta = {**environment_info(), **(metadata or {}), **described,
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     (run_dir / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
     tmp = config_path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(normalised, indent=2, sort_keys=True))
     os.replace(tmp, config_path)  # config.json last: its presence means the run is set up
     return Run(run_dir)
+
+
+def _write_json(path: Path, value: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(value, indent=2, default=str))
+    os.replace(tmp, path)
 
 
 def find_runs(step: str, where: Callable[[dict[str, Any]], bool] | None = None, *,

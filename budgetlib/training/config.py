@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal, Union
 
+from .rewards import DEFAULT_REWARD, RewardConfig
+
 __all__ = ["TrainConfig", "load_recipe", "RECIPES_DIR", "RecipeError", "EXECUTION_ONLY", "DPO_BETA"]
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -54,6 +56,9 @@ class TrainConfig:
     fused_logprobs: bool = False
     # Recompute activations in the backward pass: far less memory for some extra time (an execution detail too).
     gradient_checkpointing: bool = False
+    # GRPO only: SelfBudgeter's reward (constants, alpha schedule, b_max rule, equations); part of the run's
+    # identity, so a run trained on another reward is never reused. None -> the default for GRPO.
+    reward: RewardConfig | None = None
 
     def __post_init__(self):
         if self.kind not in ("sft", "dpo", "grpo"):
@@ -74,12 +79,32 @@ class TrainConfig:
         elif self.beta is not None:
             raise RecipeError(f"beta is DPO's; a {self.kind} run does not use it (GRPO runs with KL weight 0), "
                               f"got beta={self.beta}")
+        if isinstance(self.reward, dict):
+            object.__setattr__(self, "reward", _reward(self.reward))
+        if self.kind == "grpo":
+            if self.reward is None:
+                object.__setattr__(self, "reward", DEFAULT_REWARD)
+            elif not isinstance(self.reward, RewardConfig):
+                raise RecipeError(f"reward must be a mapping of RewardConfig fields, got {self.reward!r}")
+        elif self.reward is not None:
+            raise RecipeError(f"reward is GRPO's; a {self.kind} run does not use it")
 
     def identity(self) -> dict:
         """The fields that decide what a run computes (JSON-ready; `EXECUTION_ONLY` left out): the key
         for a run's directory and for reusing a finished run."""
         values = json.loads(json.dumps(asdict(self), default=str))
         return {k: v for k, v in values.items() if k not in EXECUTION_ONLY}
+
+
+def _reward(values: dict) -> RewardConfig:
+    known = {f.name for f in fields(RewardConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RecipeError(f"reward: unknown key(s) {unknown}; known: {sorted(known)}")
+    try:
+        return RewardConfig(**values)
+    except (TypeError, ValueError) as exc:
+        raise RecipeError(f"reward: {exc}") from exc
 
 
 def load_recipe(recipe: str | Path, profile: str = "smoke", **overrides) -> TrainConfig:

@@ -72,16 +72,64 @@ from typing import Any, Callable, Sequence
 from ..answers import extract_answer, is_correct
 
 __all__ = ["SelfBudgeterOutput", "parse_selfbudgeter", "completion_text", "anneal_alpha", "format_reward",
-           "accuracy_reward", "cos_fn", "length_term", "budget_penalty", "selfbudgeter_reward", "l1_reward",
+           "accuracy_reward", "cos_fn", "length_term", "budget_penalty", "selfbudgeter_reward", "reward_function",
+           "l1_reward", "RewardConfig", "DEFAULT_REWARD", "UPPER_BUDGET_RULES",
            "MALFORMED_REWARD", "S_C_MIN", "S_C_MAX", "S_W_MIN", "S_W_MAX", "BUDGET_PENALTY"]
 
-# The constants of the module docstring (OUR READING; the paper's constraint: S_C_MIN + BUDGET_PENALTY >= S_W_MAX).
-S_C_MIN, S_C_MAX = 0.5, 1.0  # correct answers' length term
-S_W_MIN, S_W_MAX = -1.0, -0.5  # wrong answers' length term
-BUDGET_PENALTY = -0.5  # r_b, added when the stated budget exceeds b_max
-MALFORMED_REWARD = -2.0  # r_f
-ALPHA_START, ALPHA_END = 0.5, 0.1
-assert S_C_MIN + BUDGET_PENALTY >= S_W_MAX and MALFORMED_REWARD < S_W_MIN + BUDGET_PENALTY
+def _check_alpha(alpha: float) -> None:
+    if not 0.0 <= alpha < 1.0:
+        raise ValueError(f"alpha must be in [0, 1): the correct answers' peak (1 - alpha)*b is a length; got {alpha}")
+
+
+#: how b_max (the upper budget) of a GRPO prompt is chosen from the cold-start answers (training.selfbudgeter)
+UPPER_BUDGET_RULES = ("shortest_correct",)
+
+
+@dataclass(frozen=True)
+class RewardConfig:
+    """Everything that decides SelfBudgeter's reward, carried in a GRPO run's `TrainConfig` (and so in its
+    key): the constants, α's schedule, the b_max rule, and `equations`, the name of the reward's shape in this
+    module. Any change to the equations must come with a new `equations` name, so that a finished run
+    trained on the old reward is never reused (the constants alone would not say the shape changed).
+    Defaults: the module docstring's values (OUR READING)."""
+
+    s_c_min: float = 0.5  # correct answers' length term: s^C_min .. s^C_max
+    s_c_max: float = 1.0
+    s_w_min: float = -1.0  # wrong answers' length term: s^W_min .. s^W_max
+    s_w_max: float = -0.5
+    budget_penalty: float = -0.5  # r_b, added when the stated budget exceeds b_max
+    malformed: float = -2.0  # r_f
+    alpha_start: float = 0.5  # α anneals linearly alpha_start -> alpha_end over the run
+    alpha_end: float = 0.1
+    upper_budget: str = "shortest_correct"  # b_max: the shortest own correct cold-start answer, ∞ when none
+    equations: str = "cos-peak-(1-a)b/(1+a)b,width-b,v2"
+
+    def __post_init__(self):
+        for name in ("s_c_min", "s_c_max", "s_w_min", "s_w_max", "budget_penalty", "malformed", "alpha_start",
+                     "alpha_end"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"reward.{name} must be a number, got {value!r}")
+        if not (self.s_w_min < self.s_w_max and self.s_c_min < self.s_c_max):
+            raise ValueError(f"reward: need s_w_min < s_w_max and s_c_min < s_c_max, got {self}")
+        if self.s_c_min + self.budget_penalty < self.s_w_max:
+            raise ValueError("reward: the paper's constraint s_c_min + budget_penalty >= s_w_max does not hold "
+                             f"({self.s_c_min} + {self.budget_penalty} < {self.s_w_max})")
+        if not self.malformed < self.s_w_min + min(self.budget_penalty, 0.0):
+            raise ValueError(f"reward.malformed ({self.malformed}) must lie below every well-formed reward")
+        for name in ("alpha_start", "alpha_end"):
+            _check_alpha(getattr(self, name))
+        if self.upper_budget not in UPPER_BUDGET_RULES:
+            raise ValueError(f"reward.upper_budget must be one of {UPPER_BUDGET_RULES}, got {self.upper_budget!r}")
+
+
+DEFAULT_REWARD = RewardConfig()
+# The default constants under their docstring names (the paper's constraint: S_C_MIN + BUDGET_PENALTY >= S_W_MAX).
+S_C_MIN, S_C_MAX = DEFAULT_REWARD.s_c_min, DEFAULT_REWARD.s_c_max
+S_W_MIN, S_W_MAX = DEFAULT_REWARD.s_w_min, DEFAULT_REWARD.s_w_max
+BUDGET_PENALTY = DEFAULT_REWARD.budget_penalty
+MALFORMED_REWARD = DEFAULT_REWARD.malformed
+ALPHA_START, ALPHA_END = DEFAULT_REWARD.alpha_start, DEFAULT_REWARD.alpha_end
 _FORMAT = re.compile(r"^\s*<budget>\s*(\d+)\s*</budget>\s*<solution>(.*?)</solution>\s*$", re.DOTALL)
 
 
@@ -134,17 +182,18 @@ def completion_text(completion: Any) -> str:
     raise TypeError(f"a completion must be a string or a list of chat messages, got {type(completion).__name__}")
 
 
-def anneal_alpha(trainer_state: Any = None) -> float:
-    """α from training progress (linear, 0.5 → 0.1); 0.5 without a state.
+def anneal_alpha(trainer_state: Any = None, reward: RewardConfig = DEFAULT_REWARD) -> float:
+    """α from training progress (linear, `reward.alpha_start` → `alpha_end`: 0.5 → 0.1 by default);
+    `alpha_start` without a state.
 
     >>> class S: global_step, max_steps = 5, 10
     >>> round(anneal_alpha(S()), 2)
     0.3
     """
     if trainer_state is None or not getattr(trainer_state, "max_steps", 0):
-        return ALPHA_START
+        return reward.alpha_start
     progress = min(max(trainer_state.global_step / trainer_state.max_steps, 0.0), 1.0)
-    return ALPHA_START + (ALPHA_END - ALPHA_START) * progress
+    return reward.alpha_start + (reward.alpha_end - reward.alpha_start) * progress
 
 
 def cos_fn(t: float, width: float, low: float, high: float) -> float:
@@ -159,12 +208,7 @@ def cos_fn(t: float, width: float, low: float, high: float) -> float:
     return low + 0.5 * (high - low) * (1.0 + math.cos(math.pi * min(t / width, 1.0)))
 
 
-def _check_alpha(alpha: float) -> None:
-    if not 0.0 <= alpha < 1.0:
-        raise ValueError(f"alpha must be in [0, 1): the correct answers' peak (1 - alpha)*b is a length; got {alpha}")
-
-
-def length_term(length: int, budget: int, alpha: float, correct: bool) -> float:
+def length_term(length: int, budget: int, alpha: float, correct: bool, reward: RewardConfig = DEFAULT_REWARD) -> float:
     """S of the module docstring: for a correct answer CosFn(|L − (1−α)b|, b,
     0.5, 1.0), peaking at L = (1−α)·b; for a wrong one CosFn(|L − (1+α)b|, b,
     -1.0, -0.5), peaking at L = (1+α)·b.
@@ -178,11 +222,11 @@ def length_term(length: int, budget: int, alpha: float, correct: bool) -> float:
         raise ValueError(f"need budget > 0, got {budget}")
     _check_alpha(alpha)
     if correct:
-        return round(cos_fn(abs(length - (1.0 - alpha) * budget), budget, S_C_MIN, S_C_MAX), 12)
-    return round(cos_fn(abs(length - (1.0 + alpha) * budget), budget, S_W_MIN, S_W_MAX), 12)
+        return round(cos_fn(abs(length - (1.0 - alpha) * budget), budget, reward.s_c_min, reward.s_c_max), 12)
+    return round(cos_fn(abs(length - (1.0 + alpha) * budget), budget, reward.s_w_min, reward.s_w_max), 12)
 
 
-def budget_penalty(budget: int, upper_budget: float | None) -> float:
+def budget_penalty(budget: int, upper_budget: float | None, reward: RewardConfig = DEFAULT_REWARD) -> float:
     """P = r_b (-0.5) when the stated budget exceeds b_max, else 0; b_max
     None or infinity (the model never answered the question correctly) never
     penalises.
@@ -192,7 +236,7 @@ def budget_penalty(budget: int, upper_budget: float | None) -> float:
     """
     if upper_budget is None or math.isinf(upper_budget):
         return 0.0
-    return BUDGET_PENALTY if budget > upper_budget else 0.0
+    return reward.budget_penalty if budget > upper_budget else 0.0
 
 
 def _lengths(texts: Sequence[str], completion_ids: Sequence[Sequence[int]] | None) -> list[int]:
@@ -228,8 +272,9 @@ def accuracy_reward(completions: Sequence[Any], answer: Sequence[str], **kwargs)
 def selfbudgeter_reward(completions: Sequence[Any], answer: Sequence[str], upper_budget: Sequence[float | None],
                         alpha: float | None = None, trainer_state: Any = None,
                         completion_ids: Sequence[Sequence[int]] | None = None,
-                        log_metric: Callable[[str, float], None] | None = None, **kwargs) -> list[float]:
-    """The combined reward of the module docstring, R = S + P (or r_f).
+                        log_metric: Callable[[str, float], None] | None = None,
+                        reward: RewardConfig = DEFAULT_REWARD, **kwargs) -> list[float]:
+    """The combined reward of the module docstring, R = S + P (or r_f), with `reward`'s constants.
     `upper_budget` is b_max per completion (None or ``math.inf``: never
     answered correctly, no budget penalty). With `log_metric` (trl passes
     one) it also logs, per batch, α and the shares of well-formed, correct,
@@ -247,7 +292,7 @@ def selfbudgeter_reward(completions: Sequence[Any], answer: Sequence[str], upper
     >>> logged["selfbudgeter/correct"], logged["selfbudgeter/within_budget"], logged["selfbudgeter/over_upper_budget"]
     (0.5, 1.0, 0.0)
     """
-    alpha = anneal_alpha(trainer_state) if alpha is None else alpha
+    alpha = anneal_alpha(trainer_state, reward) if alpha is None else alpha
     _check_alpha(alpha)
     texts = [completion_text(c) for c in completions]
     lengths = _lengths(texts, completion_ids)
@@ -255,15 +300,15 @@ def selfbudgeter_reward(completions: Sequence[Any], answer: Sequence[str], upper
     for text, length, gold, upper in zip(texts, lengths, answer, upper_budget, strict=True):
         parsed = parse_selfbudgeter(text)
         if not parsed.well_formed:
-            rewards.append(MALFORMED_REWARD)
+            rewards.append(reward.malformed)
             continue
         formed += 1
         within += length <= parsed.budget
-        penalty = budget_penalty(parsed.budget, upper)
+        penalty = budget_penalty(parsed.budget, upper, reward)
         over += penalty != 0.0
         right = is_correct(parsed.answer, gold)
         correct += right
-        rewards.append(length_term(length, parsed.budget, alpha, right) + penalty)
+        rewards.append(length_term(length, parsed.budget, alpha, right, reward) + penalty)
     if log_metric is not None and texts:
         log_metric("selfbudgeter/alpha", alpha)
         log_metric("selfbudgeter/well_formed", formed / len(texts))
@@ -271,6 +316,20 @@ def selfbudgeter_reward(completions: Sequence[Any], answer: Sequence[str], upper
         log_metric("selfbudgeter/within_budget", within / formed if formed else 0.0)
         log_metric("selfbudgeter/over_upper_budget", over / formed if formed else 0.0)
     return rewards
+
+
+def reward_function(reward: RewardConfig = DEFAULT_REWARD) -> Callable[..., list[float]]:
+    """`selfbudgeter_reward` bound to `reward`, named as trl logs it (``rewards/selfbudgeter_reward/...``).
+
+    >>> f = reward_function(RewardConfig(malformed=-3.0))
+    >>> f.__name__, f(["[[2]]"], answer=["2"], upper_budget=[None])
+    ('selfbudgeter_reward', [-3.0])
+    """
+    def selfbudgeter_reward_(completions, **kwargs):
+        return selfbudgeter_reward(completions, reward=reward, **kwargs)
+
+    selfbudgeter_reward_.__name__ = selfbudgeter_reward_.__qualname__ = "selfbudgeter_reward"
+    return selfbudgeter_reward_
 
 
 def l1_reward(completions: Sequence[Any], answer: Sequence[str], target_length: Sequence[int], lam: float = 0.003,

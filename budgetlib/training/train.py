@@ -3,6 +3,11 @@ TALE-PT data of `training.data`, and SelfBudgeter's budget-guided GRPO
 (`GRPOTrainer` with `rewards.selfbudgeter_reward`, on top of a cold-start
 SFT adapter).
 
+`train_run` is how notebooks train: a `runs.Run` under ``results/<step>/<key>/`` whose key holds every input
+that decides the adapter (the training config with its reward, the base model's identity and revision, a
+hash of the training items, the starting adapter's hash), so changing any of them trains anew and changing
+none reuses the finished adapter (or resumes from the last checkpoint).
+
 The base model is loaded from safetensors (the embedded model's converted
 copy, a local directory or a hub id); GGUF-loaded models are not trainable.
 Prompts and answers are chat messages, so trl applies the model's chat
@@ -12,16 +17,19 @@ CPU, bf16 and gradient checkpointing are off (see ENVIRONMENT notes)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
+from ..runs import Run, RunError, start_run
 from .config import TrainConfig
 from .data import DPOPair, GRPOPrompt, SFTExample
 
-__all__ = ["TrainResult", "train", "train_or_reuse", "base_model_source", "last_checkpoint"]
+__all__ = ["TrainResult", "train", "train_run", "training_key", "items_hash", "adapter_digest",
+           "base_model_source", "last_checkpoint"]
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +40,7 @@ class TrainResult:
     log_history: list[dict]
     global_step: int
     resumed_from: str | None
+    run: Run | None = field(default=None, repr=False)
 
 
 def base_model_source(model: str | None) -> str:
@@ -124,12 +133,12 @@ def train(config: TrainConfig, items: Sequence[SFTExample | DPOPair | GRPOPrompt
     else:
         from trl import GRPOConfig, GRPOTrainer
 
-        from .rewards import selfbudgeter_reward
+        from .rewards import reward_function
 
         args = GRPOConfig(num_generations=config.num_generations, temperature=config.temperature,
                           max_completion_length=config.max_completion_length, beta=0.0, use_vllm=False,
                           log_completions=False, **common)
-        trainer = GRPOTrainer(model=base, reward_funcs=[selfbudgeter_reward], args=args, train_dataset=dataset,
+        trainer = GRPOTrainer(model=base, reward_funcs=[reward_function(config.reward)], args=args, train_dataset=dataset,
                               processing_class=tokenizer, peft_config=lora)
     checkpoint = last_checkpoint(output_dir) if resume else None
     if checkpoint:
@@ -149,18 +158,61 @@ def train(config: TrainConfig, items: Sequence[SFTExample | DPOPair | GRPOPrompt
     return TrainResult(adapter_dir, history, trainer.state.global_step, checkpoint)
 
 
-def train_or_reuse(config: TrainConfig, items: Sequence[SFTExample | DPOPair | GRPOPrompt], output_dir: str | Path, *,
-                   model: str | None = None, init_adapter: str | Path | None = None) -> TrainResult:
-    """`train`, unless `output_dir` already holds a finished run of the same
-    config, which is returned as it is (a different config there is an error)."""
-    output_dir = Path(output_dir)
-    if (output_dir / "adapter" / "adapter_config.json").exists():
-        saved = json.loads((output_dir / "train_config.json").read_text())
-        defaults = TrainConfig(kind=saved["kind"]).identity()
-        saved = {k: v for k, v in {**defaults, **saved}.items() if k in defaults}  # new keys keep their defaults
-        if saved != config.identity():  # execution-only fields (EXECUTION_ONLY) give the same results either way
-            raise FileExistsError(f"{output_dir} holds a run with another config; use another output_dir")
-        history = json.loads((output_dir / "log_history.json").read_text())
+def items_hash(items: Sequence[SFTExample | DPOPair | GRPOPrompt]) -> str:
+    """sha256 of the training items as JSON (order kept: it is the data order)."""
+    payload = json.dumps([{"type": type(x).__name__, **asdict(x)} for x in items], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def adapter_digest(adapter_dir: str | Path) -> str:
+    """sha256 (16 hex digits) of a saved LoRA adapter's weights."""
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"no LoRA adapter at {adapter_dir} (adapter_model.safetensors missing)")
+    return hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
+
+
+def training_key(config: TrainConfig, items: Sequence[SFTExample | DPOPair | GRPOPrompt], *,
+                 model: str | None = None, init: TrainResult | None = None) -> dict:
+    """Every input that decides a trained adapter: the config's identity (with its reward for GRPO), the
+    base model's id and revision, the items' hash and count, and the starting adapter's hash."""
+    from ..backends.hf import resolve_weights
+
+    _, model_id, revision = resolve_weights(model, materialize=False)
+    return {"training": config.identity(), "base_model": {"model": model_id, "revision": revision},
+            "items_sha256": items_hash(items), "n_items": len(items),
+            "init_adapter": None if init is None else adapter_digest(init.adapter_dir)}
+
+
+def _finished(run: Run) -> TrainResult:
+    history = json.loads(run.artifact("log_history.json").read_text())
+    return TrainResult(run.artifact("adapter"), history, run.summary()["global_step"], None, run)
+
+
+def train_run(step: str, config: TrainConfig, items: Sequence[SFTExample | DPOPair | GRPOPrompt], *, label: str,
+              dataset: str, profile: str, model: str | None = None, init: TrainResult | None = None,
+              root=None) -> TrainResult:
+    """`train` inside a run keyed by `training_key`: a finished run with the same key is reused as it is,
+    an unfinished one resumes from its last checkpoint, and any changed input starts a new run. `init`
+    (SelfBudgeter's cold start) is the run whose adapter is merged into the base first. `label` (e.g.
+    "TALE-PT SFT") and `dataset` (the training data) are recorded in the run."""
+    if not items:
+        raise ValueError(f"{step}: no training items for {label!r}")
+    key = training_key(config, items, model=model, init=init)
+    run = start_run(step, key, root=root, label=label, kind=f"training ({config.kind})", dataset=dataset,
+                    metadata={"model": key["base_model"]["model"], "n": len(items), "profile": profile,
+                              "init_run": None if init is None or init.run is None else str(init.run.dir)})
+    if run.finished:
+        log.info("%s: reusing the finished training run", run.dir)
+        return _finished(run)
+    adapter = run.artifact("adapter")
+    if (adapter / "adapter_config.json").exists():  # saved, but killed before the summary was written
+        history = json.loads(run.artifact("log_history.json").read_text())
         steps = max((h.get("step", 0) for h in history), default=0)
-        return TrainResult(output_dir / "adapter", history, steps, None)
-    return train(config, items, output_dir, model=model, init_adapter=init_adapter)
+        result = TrainResult(adapter, history, steps, None, run)
+    else:
+        result = train(config, items, run.dir, model=model, init_adapter=None if init is None else init.adapter_dir)
+        result.run = run
+    run.finish({"global_step": result.global_step, "adapter_sha256": adapter_digest(adapter),
+                "resumed_from": result.resumed_from})
+    return result
