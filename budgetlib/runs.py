@@ -177,11 +177,6 @@ class Run:
         """The human label its creator recorded (None for a run made before labels were recorded)."""
         return self.metadata.get("label")
 
-    @property
-    def key(self) -> str:
-        """The hash of its config: what another run's config cites to say it builds on this one."""
-        return config_hash(self.config)
-
     def artifact(self, name: str) -> Path:
         """The path of an artefact of this run (an adapter, training data, ...) inside its directory."""
         if not name or "/" in name or name in ("config.json", "metadata.json", "items.jsonl", "summary.json"):
@@ -220,9 +215,7 @@ class Run:
         """Write summary.json atomically; refuses to replace an existing one unless `overwrite`."""
         if self.finished and not overwrite:
             raise RunError(f"{self.summary_path} exists; pass overwrite=True to replace it")
-        tmp = self.summary_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2, default=str))
-        os.replace(tmp, self.summary_path)
+        _write_json(self.summary_path, summary)
 
 
 def start_run(step: str, config: dict[str, Any], *, metadata: dict[str, Any] | None = None,
@@ -263,13 +256,12 @@ def open_run(run_dir: str | Path, config: dict[str, Any], *, metadata: dict[str,
     meta = {**environment_info(), **(metadata or {}), **described,
             "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     (run_dir / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
-    tmp = config_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(normalised, indent=2, sort_keys=True))
-    os.replace(tmp, config_path)  # config.json last: its presence means the run is set up
+    _write_json(config_path, normalised)  # config.json last: its presence means the run is set up
     return Run(run_dir)
 
 
 def _write_json(path: Path, value: Any) -> None:
+    """Write `value` as JSON atomically (a temporary file renamed into place): never half a file."""
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(value, indent=2, default=str))
     os.replace(tmp, path)

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 
-from budgetlib.runs import RunError
 from budgetlib.training import train as train_module
 from budgetlib.training.config import RecipeError, load_recipe
 from budgetlib.training.data import GRPOPrompt, SFTExample

@@ -33,7 +33,7 @@ from .base import Generation, check_request, prefixes_for
 from .prefix_cache import MIN_PREFIX, PrefillStats, group_by_prefix, pack_groups, prefill_shared, \
     supports_prefix_sharing
 
-__all__ = ["HFBackend", "embedded_model_dir", "embedded_gguf_path", "resolve_weights", "EMBEDDED_MODEL_ID"]
+__all__ = ["HFBackend", "embedded_model_dir", "embedded_gguf_path", "resolve_weights", "adapter_digest", "EMBEDDED_MODEL_ID"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,16 @@ def resolve_weights(model: str | os.PathLike | None, revision: str | None = None
     if name.startswith((".", "/", "~")) or name.count("/") > 1:
         raise FileNotFoundError(f"model path not found: {name}")
     return name, name, revision
+
+
+def adapter_digest(adapter_dir: str | os.PathLike) -> str:
+    """sha256 (16 hex digits) of a saved LoRA adapter's weights: its identity in run keys and model ids."""
+    from ..models import sha256_of
+
+    weights = Path(adapter_dir) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"no LoRA adapter at {adapter_dir} (adapter_model.safetensors missing)")
+    return sha256_of(weights)[:16]
 
 
 def embedded_gguf_path() -> Path:
@@ -183,15 +193,10 @@ class HFBackend:
 
     def _merge_adapter(self, path: Path) -> None:
         """Apply a trained LoRA adapter (peft) and merge it into the weights."""
-        import hashlib
-
         from peft import PeftModel
 
-        weights = path / "adapter_model.safetensors"
-        if not weights.is_file():
-            raise FileNotFoundError(f"no LoRA adapter at {path} (adapter_model.safetensors missing)")
+        digest = adapter_digest(path)[:12]
         self.model = PeftModel.from_pretrained(self.model, str(path)).merge_and_unload()
-        digest = hashlib.sha256(weights.read_bytes()).hexdigest()[:12]
         merged = {"path": str(path), "sha256": digest}
         self.adapter = merged if self.adapter is None else [*([self.adapter] if isinstance(self.adapter, dict)
                                                                 else self.adapter), merged]

@@ -96,11 +96,16 @@ class TrainConfig:
         return {k: v for k, v in values.items() if k not in EXECUTION_ONLY}
 
 
-def _reward(values: dict) -> RewardConfig:
-    known = {f.name for f in fields(RewardConfig)}
+def _check_keys(values: dict, cls, where: str) -> None:
+    """Refuse keys that are not fields of the dataclass `cls`, naming `where` they were found."""
+    known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise RecipeError(f"reward: unknown key(s) {unknown}; known: {sorted(known)}")
+        raise RecipeError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+
+
+def _reward(values: dict) -> RewardConfig:
+    _check_keys(values, RewardConfig, "reward")
     try:
         return RewardConfig(**values)
     except (TypeError, ValueError) as exc:
@@ -122,8 +127,5 @@ def load_recipe(recipe: str | Path, profile: str = "smoke", **overrides) -> Trai
     if profile not in data:
         raise RecipeError(f"{path}: no profile {profile!r}; it has {sorted(data)}")
     values = {**data[profile], **overrides}
-    known = {f.name for f in fields(TrainConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise RecipeError(f"{path} [{profile}]: unknown key(s) {unknown}; known: {sorted(known)}")
+    _check_keys(values, TrainConfig, f"{path} [{profile}]")
     return TrainConfig(**values)

@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..runs import Run, RunError, start_run
+from ..backends.hf import adapter_digest, resolve_weights
+from ..runs import Run, start_run
 from .config import TrainConfig
 from .data import DPOPair, GRPOPrompt, SFTExample
 
@@ -164,20 +165,10 @@ def items_hash(items: Sequence[SFTExample | DPOPair | GRPOPrompt]) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def adapter_digest(adapter_dir: str | Path) -> str:
-    """sha256 (16 hex digits) of a saved LoRA adapter's weights."""
-    weights = Path(adapter_dir) / "adapter_model.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"no LoRA adapter at {adapter_dir} (adapter_model.safetensors missing)")
-    return hashlib.sha256(weights.read_bytes()).hexdigest()[:16]
-
-
 def training_key(config: TrainConfig, items: Sequence[SFTExample | DPOPair | GRPOPrompt], *,
                  model: str | None = None, init: TrainResult | None = None) -> dict:
     """Every input that decides a trained adapter: the config's identity (with its reward for GRPO), the
     base model's id and revision, the items' hash and count, and the starting adapter's hash."""
-    from ..backends.hf import resolve_weights
-
     _, model_id, revision = resolve_weights(model, materialize=False)
     return {"training": config.identity(), "base_model": {"model": model_id, "revision": revision},
             "items_sha256": items_hash(items), "n_items": len(items),
