@@ -348,6 +348,21 @@ def _problems(rows: Iterable[tuple[str, Any]], *, source: str, split: str,
     return problems
 
 
+def dataset_name(problems: Sequence[Problem], default: str) -> str:
+    """``source/split`` when every problem id is ``<source>:<split>:<index>`` with the same source and
+    split (the built-in loaders' ids), else `default`: the dataset a run records, so notebook 01's
+    "gsm8k" and notebook 04's "gsm8k/test" on the same questions are one dataset.
+
+    >>> dataset_name([Problem("gsm8k:test:0", "q", "1", "gsm8k"), Problem("gsm8k:test:7", "q", "2", "gsm8k")], "g")
+    'gsm8k/test'
+    >>> dataset_name([Problem("a", "q", "1", "mine")], "mine")
+    'mine'
+    """
+    heads = {p.id.rsplit(":", 1)[0] if p.id.count(":") == 2 else None for p in problems}
+    head = heads.pop() if len(heads) == 1 else None
+    return head.replace(":", "/") if head else default
+
+
 def load_available(specs: dict[str, tuple[str, str, int | None]]
                    ) -> tuple[dict[str, list[Problem]], dict[str, str]]:
     """Load each ``label: (name_or_path, split, limit)`` that is reachable.

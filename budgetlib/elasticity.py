@@ -142,25 +142,30 @@ def elastic_budgets(frame):
 
 def sweep_run(backend: Backend, problems: Sequence[Problem], budgets: Sequence[int], *, max_new_tokens: int,
               dataset: str, profile: str, batch_size: int | None = None, step: str = "03_token_elasticity",
-              root=None, shared_prefix: bool | None = None, template: PromptTemplate = BUDGETED_COT):
-    """`budget_sweep` stored in a run directory found by a hash of its
-    config: computed once, read back afterwards. `shared_prefix` is an
-    execution detail (not in the hash). Returns (frame, run)."""
+              root=None, shared_prefix: bool | None = None, template: PromptTemplate = BUDGETED_COT,
+              label: str | None = None):
+    """`budget_sweep` stored in a run (`runs.reuse`) keyed by its config:
+    computed once, read back afterwards; a killed sweep replays the answers
+    it had got (`Run.keep_answers`). `shared_prefix` is an execution
+    detail (not in the key). The run records `label` (default "budget sweep
+    (<template>)"). Returns (frame, run)."""
     import pandas as pd
 
-    from .runs import run_metadata, start_run
+    from .runs import reuse
 
     identity = backend.identity()
     config = {"budgets": list(budgets), "max_new_tokens": max_new_tokens, "backend": identity,
               "dataset": dataset, "ids": [p.id for p in problems],
               "templates": [VANILLA_COT.text, template.text]}
-    meta = run_metadata(identity, dataset=dataset, n=len(problems), profile=profile)
-    run = start_run(step, config, metadata=meta, root=root)
-    if run.finished:
-        return pd.DataFrame(run.items()), run
-    frame = budget_sweep(backend, problems, budgets, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                         shared_prefix=shared_prefix, template=template)
-    run.clear_items()  # an interrupted earlier attempt may have left a partial write
-    run.append(frame.to_dict("records"))
-    run.finish({"per_budget": sweep_summary(frame).to_dict("records")})
-    return frame, run
+
+    def compute(run):
+        frame = budget_sweep(run.keep_answers(backend), problems, budgets, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                             shared_prefix=shared_prefix, template=template)
+        run.clear_items()  # an interrupted earlier attempt may have left a partial write
+        run.append(frame.to_dict("records"))
+        run.finish({"per_budget": sweep_summary(frame).to_dict("records")})
+        return frame
+
+    label = label or f"budget sweep ({template.name})"
+    return reuse(step, config, compute, lambda run: pd.DataFrame(run.items()), label=label, kind="sweep",
+                 dataset=dataset, profile=profile, identity=identity, problems=problems, root=root)

@@ -17,7 +17,7 @@ from .backends.base import Backend, generate_in_batches
 from .data import Problem, check_problems
 from .estimators import BudgetEstimate, BudgetEstimator
 from .prompts import BUDGET_WORDINGS, BUDGETED_COT, DIRECT, VANILLA_COT, PromptTemplate
-from .runs import Run, run_metadata, start_run
+from .runs import Run, reuse
 from .tokens import DEFAULT_PRICES, PriceTable, expense
 
 __all__ = ["Method", "Evaluation", "evaluate", "evaluate_run", "compare_methods", "summarize", "wilson_interval",
@@ -29,14 +29,19 @@ class Method:
     """A prompting method: a template and, for budgeted CoT, either a fixed
     stated budget or an estimator that gives one per question (TALE-EP,
     learned, oracle). An estimate without a budget (a recorded fallback)
-    answers with vanilla CoT."""
+    answers with vanilla CoT. `label` is the human name its runs record
+    (what `results` shows): by default the name's, e.g. "vanilla CoT",
+    "fixed budget β=50 (words)"."""
 
     name: str
     template: PromptTemplate
     budget: int | None = None
     estimator: BudgetEstimator | None = field(default=None, compare=False)
+    label: str = field(default="", compare=False)
 
     def __post_init__(self):
+        if not self.label:
+            object.__setattr__(self, "label", LABELS.get(self.name, self.name))
         if self.budget is not None and self.estimator is not None:
             raise ValueError(f"method {self.name!r}: give a fixed budget or an estimator, not both")
         has_budget = self.budget is not None or self.estimator is not None
@@ -62,6 +67,7 @@ class Method:
         return self.template.render(problem.question, budget if self.template.needs_budget else None)
 
 
+LABELS = {"direct": "direct answer", "vanilla_cot": "vanilla CoT"}
 DIRECT_ANSWER = Method("direct", DIRECT)
 VANILLA = Method("vanilla_cot", VANILLA_COT)
 
@@ -73,12 +79,14 @@ def budgeted(budget: int, wording: str = "tokens") -> Method:
     if wording not in BUDGET_WORDINGS:
         raise ValueError(f"unknown budget wording {wording!r}; known: {', '.join(BUDGET_WORDINGS)}")
     suffix = "" if wording == "tokens" else f"_{wording}"
-    return Method(f"budget_{budget}{suffix}", BUDGET_WORDINGS[wording], budget)
+    label = f"fixed budget β={budget}" + ("" if wording == "tokens" else f" ({wording})")
+    return Method(f"budget_{budget}{suffix}", BUDGET_WORDINGS[wording], budget, label=label)
 
 
-def estimated(name: str, estimator: BudgetEstimator) -> Method:
-    """Budgeted CoT with a per-question budget from `estimator` (TALE-EP)."""
-    return Method(name, BUDGETED_COT, estimator=estimator)
+def estimated(name: str, estimator: BudgetEstimator, label: str | None = None) -> Method:
+    """Budgeted CoT with a per-question budget from `estimator` (TALE-EP);
+    `label` defaults to `name`."""
+    return Method(name, BUDGETED_COT, estimator=estimator, label=label or name)
 
 
 def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -184,9 +192,12 @@ def evaluate(backend: Backend, problems: Sequence[Problem], method: Method, *, m
 
 
 def evaluate_run(backend: Backend, problems: Sequence[Problem], method: Method, *, max_new_tokens: int,
-                 dataset: str, profile: str, step: str = "evaluate", root=None) -> Evaluation:
-    """`evaluate` inside a run directory found by a hash of its config, so the
-    same evaluation is computed once and reused (or resumed) afterwards."""
+                 dataset: str, profile: str, step: str = "evaluate", root=None,
+                 label: str | None = None) -> Evaluation:
+    """`evaluate` inside a run (`runs.reuse`) keyed by a hash of its config, so the
+    same evaluation is computed once and reused (or resumed) afterwards. The run
+    records `label` (default the method's; e.g. "TALE-PT SFT" for vanilla CoT on
+    a trained adapter): how `results` names it."""
     identity = backend.identity()
     estimates = method.estimates(problems)
     config = {"method": method.name, "template": method.template.text, "budget": method.budget,
@@ -194,23 +205,37 @@ def evaluate_run(backend: Backend, problems: Sequence[Problem], method: Method, 
               "ids": [p.id for p in problems]}
     if method.estimator is not None:  # a run is defined by the budgets it was given
         config["estimates"] = [[e.budget, e.source] for e in estimates]
-    meta = run_metadata(identity, dataset=dataset, n=len(problems), profile=profile)
-    run = start_run(step, config, metadata=meta, root=root)
-    return evaluate(backend, problems, method, max_new_tokens=max_new_tokens, run=run, estimates=estimates)
+
+    def compute(run: Run) -> Evaluation:
+        return evaluate(backend, problems, method, max_new_tokens=max_new_tokens, run=run, estimates=estimates)
+
+    def load(run: Run) -> Evaluation:
+        by_id = {row["id"]: row for row in run.items()}
+        return Evaluation([by_id[p.id] for p in problems], run.summary(), run)
+
+    evaluation, _ = reuse(step, config, compute, load, label=label or method.label, kind="evaluation",
+                          dataset=dataset, identity=identity, problems=problems, profile=profile, root=root)
+    return evaluation
 
 
 def compare_methods(backend: Backend, datasets: dict[str, Sequence[Problem]], methods: Sequence[Method], *,
-                    max_new_tokens: int, profile: str, step: str = "evaluate", root=None):
+                    max_new_tokens: int, profile: str, step: str = "evaluate", root=None,
+                    label: str | None = None):
     """Every method on every dataset (each a reusable run): a pandas frame with
-    one summary row per (dataset, method), plus the per-item rows."""
+    one summary row per (dataset, method), plus the per-item rows. `label`
+    names the runs of a single method (e.g. "TALE-PT DPO"); by default each
+    run gets its method's label."""
     import pandas as pd
 
+    if label is not None and len(methods) != 1:
+        raise ValueError(f"label={label!r} names one method's runs; got {len(methods)} methods")
     summaries, items = [], []
     for name, problems in datasets.items():
         for method in methods:
             ev = evaluate_run(backend, problems, method, max_new_tokens=max_new_tokens, dataset=name,
-                              profile=profile, step=step, root=root)
-            summaries.append({"dataset": name, "method": method.name, "budget": method.budget,
+                              profile=profile, step=step, root=root, label=label)
+            summaries.append({"dataset": name, "method": method.name, "label": label or method.label,
+                              "budget": method.budget,
                               **ev.summary, "run_dir": str(ev.run.dir)})
             items.extend({"dataset": name, **row} for row in ev.rows)
     return pd.DataFrame(summaries), pd.DataFrame(items)

@@ -13,7 +13,8 @@ import string
 from dataclasses import dataclass
 
 __all__ = ["PromptTemplate", "ANSWER_FORMAT", "DIRECT", "VANILLA_COT", "BUDGETED_COT", "BUDGETED_COT_WORDS",
-           "BUDGETED_COT_STRICT", "BUDGET_WORDINGS", "TALE_EP_ESTIMATE", "SELFBUDGETER", "TEMPLATES", "render_chat"]
+           "BUDGETED_COT_STRICT", "BUDGET_WORDINGS", "TALE_EP_ESTIMATE", "SELFBUDGETER", "TEMPLATES", "render_chat",
+           "RENDERINGS", "DEFAULT_RENDERING", "TALE_SYSTEM", "chat_messages", "render_raw", "check_rendering"]
 
 ANSWER_FORMAT = ("Please give the response by strictly following this format: [[answer]], "
                  "for example: Answer: [[50]].")
@@ -84,12 +85,57 @@ TEMPLATES = {t.name: t for t in (DIRECT, VANILLA_COT, BUDGETED_COT, BUDGETED_COT
                                   TALE_EP_ESTIMATE, SELFBUDGETER)}
 
 
-def render_chat(tokenizer, prompt: str, assistant_prefix: str | None = None) -> str:
-    """The full model input for one user message: the tokenizer's chat
-    template with the generation prompt, then `assistant_prefix` (prefilled
+# How one user message becomes the model's input. TALE's official code wraps prompts for open models
+# (served with vLLM) as a raw string, "You are a helpful assistant.\nUser: {prompt}\nAssistant:"
+# (llm_models/__init__.py), and sends API models a system message "You are a helpful assistant." with the
+# user message. A GGUF's chat template without a system message injects its own default (Qwen2.5: "You are
+# Qwen, created by Alibaba Cloud. You are a helpful assistant."), which TALE never does.
+TALE_SYSTEM = "You are a helpful assistant."
+RENDERINGS = {
+    "tale_raw": "TALE's wrapper for open models: no chat template, 'You are a helpful assistant.\\nUser: "
+                "...\\nAssistant:'",
+    "chat_helpful": "the chat template with TALE's system message 'You are a helpful assistant.'",
+    "chat_default": "the chat template with no system message (the template's own default system prompt, if any)",
+    "chat_empty": "the chat template with an empty system message",
+}
+DEFAULT_RENDERING = "chat_helpful"
+
+
+def check_rendering(rendering: str) -> str:
+    """`rendering` if it is one of `RENDERINGS`, else a ValueError naming the known ones."""
+    if rendering not in RENDERINGS:
+        raise ValueError(f"unknown rendering {rendering!r}; known: {', '.join(RENDERINGS)}")
+    return rendering
+
+
+def chat_messages(prompt: str, rendering: str = DEFAULT_RENDERING) -> list[dict[str, str]]:
+    """The chat messages of one user message under a chat rendering (`tale_raw` has none)."""
+    check_rendering(rendering)
+    if rendering == "tale_raw":
+        raise ValueError("rendering 'tale_raw' uses no chat template; use render_raw")
+    system = {"chat_helpful": TALE_SYSTEM, "chat_empty": ""}.get(rendering)
+    return ([] if system is None else [{"role": "system", "content": system}]) + [{"role": "user", "content": prompt}]
+
+
+def render_raw(prompt: str, assistant_prefix: str | None = None) -> str:
+    """TALE's raw wrapper for open models, then `assistant_prefix` (if any).
+
+    >>> render_raw("1+1?")
+    'You are a helpful assistant.\\nUser: 1+1?\\nAssistant:'
+    """
+    return f"{TALE_SYSTEM}\nUser: {prompt}\nAssistant:" + (assistant_prefix or "")
+
+
+def render_chat(tokenizer, prompt: str, assistant_prefix: str | None = None,
+                rendering: str = DEFAULT_RENDERING) -> str:
+    """The full model input for one user message under `rendering`: TALE's raw
+    wrapper, or the tokenizer's chat template (with the rendering's system
+    message) and the generation prompt; then `assistant_prefix` (prefilled
     start of the assistant turn), if any."""
+    if check_rendering(rendering) == "tale_raw":
+        return render_raw(prompt, assistant_prefix)
     if getattr(tokenizer, "chat_template", None) is None:
-        raise ValueError("this tokenizer has no chat template; budgetlib sends chat prompts")
-    text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+        raise ValueError("this tokenizer has no chat template; use rendering='tale_raw' or a chat model")
+    text = tokenizer.apply_chat_template(chat_messages(prompt, rendering), tokenize=False,
                                          add_generation_prompt=True)
     return text + (assistant_prefix or "")

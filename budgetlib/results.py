@@ -1,19 +1,11 @@
 """Every finished evaluation run side by side, and the papers' numbers beside them.
 
-`collect` reads ``results/<step>/<run_id>/`` (config, metadata, summary) into one frame with a
-readable method per run, labelled from the config each notebook writes (``evaluate_run`` in
-01/04-07, ``selfbudgeter_run`` in 07):
-
-- ``direct``, ``vanilla_cot`` (no adapter): direct answer, vanilla CoT; ``budget_N``: fixed budget β=N;
-  ``tale_ep_zero_shot``: TALE-EP; ``tale_ep_learned``: learned predictor; ``oracle``: oracle budget.
-- ``vanilla_cot`` + an adapter trained in ``*_tale_pt_sft``: TALE-PT SFT; ``learned_budget`` + one:
-  budget-conditioned SFT; ``vanilla_cot`` + an adapter from ``*_tale_pt_dpo`` (or kind dpo): TALE-PT DPO.
-- ``selfbudgeter`` with 0, 1, 2 stacked adapters: SelfBudgeter prompt, base model / cold start / GRPO,
-  "(own budget)", or ", preset N" when the budget was prefilled.
-- a known method with another adapter: "<label> + adapter (<step>)"; anything else: "unrecognised: ...".
-
-An adapter's origin: the step it was trained in (``.../<step>/<run>/adapter``) and the ``kind`` in that
-run's ``train_config.json``. Runs without a ``method`` (02's searches, 03's sweeps) are not evaluations.
+`collect` reads ``results/<step>/<run_id>/`` (config, metadata, summary) into one frame. Each run's
+method and dataset are what the code that made it recorded in its metadata (`runs.reuse`: the
+``label``, e.g. "TALE-PT SFT", "fixed budget β=50 (words)", "SelfBudgeter GRPO (own budget)", and
+the ``dataset``, e.g. "gsm8k/test"); nothing is guessed from method names, adapter paths or steps.
+A run made before runs recorded labels is shown as "unlabelled: <method>" with a note to rerun it.
+Only runs of kind "evaluation" are evaluations (02's searches and 03's sweeps are summarised apart).
 """
 
 from __future__ import annotations
@@ -28,12 +20,10 @@ from typing import Any
 
 from .runs import results_root
 
-__all__ = ["collect", "method_label", "side_by_side", "search_summary", "paper_numbers", "beside_papers",
+__all__ = ["collect", "side_by_side", "search_summary", "paper_numbers", "beside_papers",
            "markdown_table", "replace_block", "EXPECTED", "METRICS"]
 
 log = logging.getLogger(__name__)
-BASE = {"direct": "direct answer", "vanilla_cot": "vanilla CoT", "tale_ep_zero_shot": "TALE-EP",
-        "tale_ep_learned": "learned predictor", "oracle": "oracle budget"}
 SB_STAGES = {0: "SelfBudgeter prompt, base model", 1: "SelfBudgeter cold start", 2: "SelfBudgeter GRPO"}
 # the methods a full run of notebooks 01-07 evaluates, in display order, with the notebook that makes each
 EXPECTED = (("direct answer", "01/04"), ("vanilla CoT", "01/04"), ("TALE-EP", "04"), ("learned predictor", "04"),
@@ -45,63 +35,15 @@ METRICS = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "mean_output_token
            "well_formed_rate", "mean_stated_budget", "mean_relative_deviation")
 
 
-def _adapters(backend: dict[str, Any], root: Path) -> list[tuple[str | None, str | None]]:
-    """(step it was trained in, train_config kind) for each stacked adapter."""
-    raw = backend.get("adapter")
-    raw = [] if raw is None else raw if isinstance(raw, list) else [raw]
-    out = []
-    for a in raw:
-        path = Path(a["path"] if isinstance(a, dict) else str(a))
-        run = path.parent if path.name == "adapter" else path
-        found = [c for c in (root / run.parent.name / run.name, run) if (c / "train_config.json").is_file()]
-        kind = json.loads((found[0] / "train_config.json").read_text()).get("kind") if found else None
-        out.append((run.parent.name or None, kind))
-    return out
-
-
-def method_label(config: dict[str, Any], root: str | Path | None = None) -> str:
-    """The readable method of an evaluation run's config (rules in the module docstring)."""
-    root = Path(root) if root is not None else results_root()
-    method, adapters = str(config.get("method")), _adapters(config.get("backend") or {}, root)
-    steps, kinds = [s or "?" for s, _ in adapters], [k for _, k in adapters]
-    fixed = re.fullmatch(r"budget_(\d+)", method)
-    base = BASE.get(method) or (f"fixed budget β={fixed.group(1)}" if fixed else None)
-    if method == "selfbudgeter":
-        n = len(adapters)
-        if n == 1 and kinds[0] == "grpo":
-            n = 2  # a GRPO adapter on its own (cold start merged before)
-        if n not in SB_STAGES or (n == 2 and kinds[-1] == "sft"):
-            return f"unrecognised: selfbudgeter with adapters {list(zip(steps, kinds))}"
-        preset = config.get("preset")
-        return SB_STAGES[n] + (f", preset {preset}" if preset is not None else " (own budget)")
-    if len(adapters) == 1:
-        step, kind = steps[0], kinds[0]
-        sft, dpo = "tale_pt_sft" in step, "tale_pt_dpo" in step or kind == "dpo"
-        if method == "vanilla_cot" and (sft or dpo):
-            return "TALE-PT DPO" if dpo else "TALE-PT SFT"
-        if method == "learned_budget" and sft:
-            return "budget-conditioned SFT"
-    if base is None:
-        return f"unrecognised: {method}" + (f" + adapters {steps}" if adapters else "")
-    return base if not adapters else f"{base} + adapter ({', '.join(steps)})"
-
-
-def _dataset(config: dict[str, Any]) -> str:
-    """``source/split`` shared by every id (``<source>:<split>:<index>``), else the config's name, so
-    notebook 01's "synthetic" and 04's "synthetic/test" on the same questions are one dataset."""
-    heads = {i.rsplit(":", 1)[0] for i in config.get("ids") or []}
-    return heads.pop().replace(":", "/") if len(heads) == 1 else str(config.get("dataset"))
-
-
 def _runs(root: Path, profile: str | None, want):
-    """(run dir, config, metadata, summary, summary mtime) of finished runs whose config passes `want`."""
+    """(run dir, config, metadata, summary, summary mtime) of finished runs whose (config, metadata) pass `want`."""
     for summary_path in sorted(root.glob("*/*/summary.json")):
         d = summary_path.parent
         if not (d / "config.json").is_file():
             continue
         config = json.loads((d / "config.json").read_text())
         meta = json.loads((d / "metadata.json").read_text()) if (d / "metadata.json").is_file() else {}
-        if want(config) and (profile is None or meta.get("profile") == profile):
+        if want(config, meta) and (profile is None or meta.get("profile") == profile):
             yield d, config, meta, json.loads(summary_path.read_text()), summary_path.stat().st_mtime_ns
 
 
@@ -117,19 +59,16 @@ def _keep_newest(rows: list[dict[str, Any]], key: tuple[str, ...]):
     return frame.drop_duplicates(list(key), keep="last").reset_index(drop=True)
 
 
-def _note(r, frame) -> str:
-    """What a reader of one row must know: fallbacks, an adapter that is not what its label says."""
-    same = (frame.profile == r.profile) & (frame.dataset == r.dataset)
-    own = frame[same & (frame.method == r.method.split(", preset ")[0] + " (own budget)")]
+def _is_evaluation(config: dict[str, Any], meta: dict[str, Any]) -> bool:
+    return meta.get("kind") == "evaluation" or ("kind" not in meta and "method" in config)
+
+
+def _note(r) -> str:
+    """What a reader of one row must know: fallbacks, a run without a recorded label."""
     notes = [("every budget" if r.fallback_rate == 1 else f"{r.fallback_rate:.0%} of budgets")
              + " fell back to vanilla CoT"] if r.fallback_rate > 0 else []
-    sft = same & (frame.method == "TALE-PT SFT") & (frame.adapter == r.adapter)
-    if r.method == "budget-conditioned SFT" and sft.any():
-        notes.append(f"same adapter as TALE-PT SFT ({r.adapter}): not a budget-conditioned adapter")
-    if ", preset " in r.method and len(own) and own.adapter.iloc[0] != r.adapter:
-        notes.append(f"adapter {r.adapter}, not the own-budget row's {own.adapter.iloc[0]}: an earlier training run")
-    if r.method.startswith("unrecognised"):
-        notes.append(f"config not recognised: {r.step}/{r.run_id}")
+    if r.method.startswith("unlabelled: "):
+        notes.append(f"made before runs recorded their label: rerun {r.step} ({r.run_id})")
     return "; ".join(notes)
 
 
@@ -142,10 +81,12 @@ def collect(root: str | Path | None = None, profile: str | None = None):
 
     root = Path(root) if root is not None else results_root()
     rows = []
-    for d, config, meta, summary, mtime in _runs(root, profile, lambda c: "method" in c):
+    for d, config, meta, summary, mtime in _runs(root, profile, _is_evaluation):
         backend = config.get("backend") or {}
         model = str(backend.get("model") or meta.get("model"))
-        rows.append({"profile": meta.get("profile"), "dataset": _dataset(config), "method": method_label(config, root),
+        method = meta.get("label") or f"unlabelled: {config.get('method')}"
+        rows.append({"profile": meta.get("profile"), "dataset": meta.get("dataset") or config.get("dataset"),
+                     "method": method,
                      "model": model.split("+lora:")[0], "adapter": model[len(model.split("+lora:")[0]):],
                      "device": meta.get("device") or backend.get("device") or "unknown",
                      "n": summary.get("n", meta.get("n")),
@@ -159,20 +100,20 @@ def collect(root: str | Path | None = None, profile: str | None = None):
                                      "step", "run_id", "backend_model", "ids_hash", "n_runs", "steps", "note"])
     numbers = [*METRICS, "budget", "preset"]
     frame[numbers] = frame[numbers].astype(float)  # a metric a run did not record: NaN
-    frame["note"] = [_note(r, frame) for r in frame.itertuples()]
+    frame["note"] = [_note(r) for r in frame.itertuples()]
     log.info("collected %d evaluation runs (%d after removing duplicates)", len(rows), len(frame))
     return frame
 
 
 def _order(method: str) -> tuple:
     labels = [m for m, _ in EXPECTED]
-    fixed = re.fullmatch(r"fixed budget β=(\d+)", method)
-    if fixed:
-        return (labels.index("vanilla CoT"), 1, int(fixed.group(1)))
+    fixed = re.fullmatch(r"fixed budget β=(\d+)(?: \((.+)\))?", method)
+    if fixed:  # after vanilla CoT, by budget, TALE's wording first
+        return (labels.index("vanilla CoT"), 1, int(fixed.group(1)), fixed.group(2) or "")
     stage = next((i for i, s in enumerate(SB_STAGES.values()) if method.startswith(s + ", preset")), None)
     if stage is not None:
-        return (len(labels) + stage, 0, int(method.rsplit(" ", 1)[1]))
-    return (labels.index(method), 0, 0) if method in labels else (len(labels) + 9, 0, method)
+        return (len(labels) + stage, 0, int(method.rsplit(" ", 1)[1]), "")
+    return (labels.index(method), 0, 0, "") if method in labels else (len(labels) + 9, 0, 0, method)
 
 
 def side_by_side(frame, expected=EXPECTED, presets: bool = False):
@@ -203,11 +144,12 @@ def search_summary(root: str | Path | None = None, profile: str | None = None):
     """Notebook 02's optimal-budget searches (newest per profile, dataset, model, ids, settings):
     how many vanilla answers were correct, how many got a smaller budget, and the token saving."""
     root = Path(root) if root is not None else results_root()
-    rows = [{"profile": meta.get("profile"), "dataset": _dataset(config), "device": meta.get("device"),
+    rows = [{"profile": meta.get("profile"), "dataset": meta.get("dataset") or config.get("dataset"),
+             "device": meta.get("device"),
              "model": (config.get("backend") or {}).get("model"), "strategy": config["search"].get("strategy"),
              "feasibility": config["search"].get("feasibility"), **summary, "step": d.parent.name, "run_id": d.name,
              "finished_ns": mtime, "key": json.dumps([config.get("ids"), config["search"]], sort_keys=True)}
-            for d, config, meta, summary, mtime in _runs(root, profile, lambda c: "search" in c)]
+            for d, config, meta, summary, mtime in _runs(root, profile, lambda c, m: "search" in c)]
     frame = _keep_newest(rows, ("profile", "dataset", "model", "key"))
     return frame.drop(columns=["key", "finished_ns"], errors="ignore")
 

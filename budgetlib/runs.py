@@ -33,11 +33,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 from .paths import project_root
 
-__all__ = ["Run", "RunError", "start_run", "open_run", "find_runs", "append_csv", "run_metadata", "config_hash", "environment_info",
+__all__ = ["Run", "RunError", "reuse", "start_run", "open_run", "find_runs", "append_csv", "run_metadata", "config_hash", "environment_info",
            "results_root", "read_jsonl", "append_jsonl"]
 
 log = logging.getLogger(__name__)
@@ -183,6 +183,14 @@ class Run:
             raise RunError(f"{self.dir}: {name!r} is not an artefact name")
         return self.dir / name
 
+    def keep_answers(self, backend):
+        """`backend` with every greedy answer it gives stored as it arrives in this run's
+        ``answers.sqlite`` (a generation cache keyed by backend identity, model input and
+        decoding): a step killed mid-way replays the answers it had already got."""
+        from .backends.cache import CachedBackend
+
+        return CachedBackend(backend, self.artifact("answers.sqlite"), enabled=True)
+
     def items(self) -> list[dict[str, Any]]:
         return read_jsonl(self.items_path, repair=not self.finished)
 
@@ -265,6 +273,33 @@ def _write_json(path: Path, value: Any) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(value, indent=2, default=str))
     os.replace(tmp, path)
+
+
+def reuse(step: str, config: dict[str, Any], compute: Callable[[Run], Any], load: Callable[[Run], Any], *,
+          label: str, kind: str, dataset: str, profile: str, identity: dict[str, Any] | None = None,
+          problems: Sequence[Any] | None = None, n: int | None = None, root: str | Path | None = None,
+          run_dir: str | Path | None = None) -> tuple[Any, Run]:
+    """The one way a step's result is computed once and reused: open the run
+    keyed by `config` (under `root`/`step`, or `run_dir`), recording its
+    `label`, `kind`, `dataset` (``source/split`` when every problem id shares
+    one, `data.dataset_name`), `profile`, n and the backend `identity`'s model
+    and device. A finished run gives ``load(run)``; otherwise ``compute(run)``
+    resumes from whatever the run already holds and must finish it. Returns
+    (value, run)."""
+    from .data import dataset_name
+
+    dataset = dataset_name(problems, dataset) if problems is not None else dataset
+    identity = identity or {}
+    meta = {"model": identity.get("model"), "device": identity.get("device"), "profile": profile,
+            "n": len(problems) if problems is not None else n}
+    run = (open_run(run_dir, config, metadata=meta, label=label, kind=kind, dataset=dataset) if run_dir is not None
+           else start_run(step, config, metadata=meta, root=root, label=label, kind=kind, dataset=dataset))
+    if run.finished:
+        return load(run), run
+    value = compute(run)
+    if not run.finished:
+        raise RunError(f"{run.dir}: the {kind} step returned without finishing its run (no summary.json)")
+    return value, run
 
 
 def find_runs(step: str, where: Callable[[dict[str, Any]], bool] | None = None, *,

@@ -34,11 +34,8 @@ One question's candidates differ only in the budget number, so with
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any, Iterator, Literal, Sequence
 
 from .answers import extract_answer, is_correct
@@ -46,10 +43,10 @@ from .backends.base import Backend, Generation, generate_in_batches
 from .backends.prefix_cache import prefix_sharing
 from .data import Problem, check_problems
 from .prompts import BUDGETED_COT, VANILLA_COT
-from .runs import RunError, append_jsonl, read_jsonl
+from .runs import Run
 
 __all__ = ["SearchConfig", "TraceStep", "BudgetSearchResult", "search_budgets", "search_budgets_sequential",
-           "halving_ladder", "search_run", "summarize_search", "results_frame",
+           "halving_ladder", "search_run", "search_config", "summarize_search", "results_frame",
            "STRATEGIES", "FEASIBILITIES"]
 
 log = logging.getLogger(__name__)
@@ -167,33 +164,21 @@ class _QuestionSearch:
                                   None if reduced else "no smaller budget was feasible")
 
 
-def _fingerprint(backend: Backend, config: SearchConfig) -> str:
-    payload = {"backend": backend.identity(), "config": asdict(config),
-               "templates": [VANILLA_COT.text, BUDGETED_COT.text]}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+class _Store:
+    """The finished results of a search: held in memory, and with a `Run`
+    appended to its items (one row per question) as questions finish. The
+    run's config is the search's key, so a run never mixes results of two
+    models or settings."""
 
-
-class _ResultsFile:
-    """Finished results as JSONL, one line per question, tagged with the
-    search fingerprint; a file from another model/config is refused."""
-
-    def __init__(self, path: str | Path | None, fingerprint: str):
-        self.path, self.fingerprint = (Path(path) if path is not None else None), fingerprint
-        self.done: dict[str, BudgetSearchResult] = {}
-        if self.path is None:
-            return
-        for lineno, row in enumerate(read_jsonl(self.path, repair=True), start=1):
-            if row.get("search_fingerprint") != fingerprint:
-                raise RunError(f"{self.path}:{lineno}: results of a different model or search config "
-                               f"(fingerprint {row.get('search_fingerprint')!r}, this search {fingerprint!r}); "
-                               "use another results file")
-            self.done[row["id"]] = BudgetSearchResult.from_row(row)
+    def __init__(self, run: Run | None):
+        self.run = run
+        self.done = {row["id"]: BudgetSearchResult.from_row(row) for row in run.items()} if run is not None else {}
 
     def write(self, results: Sequence[BudgetSearchResult]) -> None:
         for r in results:
             self.done[r.id] = r
-        if self.path is not None:
-            append_jsonl(self.path, ({**r.to_row(), "search_fingerprint": self.fingerprint} for r in results))
+        if self.run is not None and results:
+            self.run.append(r.to_row() for r in results)
 
 
 def halving_ladder(start: int, floor: int = 1) -> list[int]:
@@ -237,14 +222,16 @@ def _chunks(items: Sequence, size: int | None) -> Iterator[Sequence]:
 def search_budgets(backend: Backend, problems: Sequence[Problem], *, strategy: str = "halving",
                    feasibility: str = "elastic", min_budget: int = 1, tolerance: int = 1,
                    max_new_tokens: int = 512, batch_size: int | None = None, group_size: int | None = 1024,
-                   results_path: str | Path | None = None, progress: bool = True, ladder: bool = False,
+                   run: Run | None = None, progress: bool = True, ladder: bool = False,
                    shared_prefix: bool | None = None) -> list[BudgetSearchResult]:
     """Batched search: each round sends every still-searching question's next
     candidate to the backend in one call (or calls of at most `batch_size`
     prompts). Questions enter in groups of `group_size` (None: all at once)
     so a long run writes results early. Results come back in problem order;
-    with `results_path` finished questions are appended as JSONL as they
-    finish, and a rerun skips them.
+    with `run` (a `runs.Run` keyed by the search's config, as `search_run`
+    opens it) finished questions are appended to its items as they finish
+    and every answer is kept as it arrives (`Run.keep_answers`), so a rerun
+    skips finished questions and replays the rounds of unfinished ones.
 
     `ladder` (halving only): all of a question's halving candidates in one
     call, then the same decisions (module docstring). `shared_prefix` for the
@@ -260,7 +247,8 @@ def search_budgets(backend: Backend, problems: Sequence[Problem], *, strategy: s
                          "from earlier answers")
     sharing = (True if ladder else None) if shared_prefix is None else shared_prefix
     check_problems(problems, "search")
-    store = _ResultsFile(results_path, _fingerprint(backend, config))
+    store = _Store(run)
+    backend = run.keep_answers(backend) if run is not None else backend
     todo = [p for p in problems if p.id not in store.done]
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"search ({strategy}, {feasibility})",
                disable=not progress, leave=False)
@@ -291,12 +279,13 @@ def search_budgets(backend: Backend, problems: Sequence[Problem], *, strategy: s
 
 def search_budgets_sequential(backend: Backend, problems: Sequence[Problem], *, strategy: str = "halving",
                               feasibility: str = "elastic", min_budget: int = 1, tolerance: int = 1,
-                              max_new_tokens: int = 512, results_path: str | Path | None = None
+                              max_new_tokens: int = 512, run: Run | None = None
                               ) -> list[BudgetSearchResult]:
     """The reference: one question at a time, one candidate per backend call."""
     config = SearchConfig(strategy, feasibility, min_budget, tolerance, max_new_tokens)  # type: ignore[arg-type]
     check_problems(problems, "search")
-    store = _ResultsFile(results_path, _fingerprint(backend, config))
+    store = _Store(run)
+    backend = run.keep_answers(backend) if run is not None else backend
     for p in problems:
         if p.id in store.done:
             continue
@@ -342,26 +331,37 @@ def results_frame(results: Sequence[BudgetSearchResult]):
         "rounds": len(r.trace)} for r in results])
 
 
-def search_run(backend: Backend, problems: Sequence[Problem], *, dataset: str, profile: str,
-               step: str = "02_budget_search", root=None, run_dir=None, **search_kwargs: Any):
-    """`search_budgets` inside a run directory found by a hash of its config
-    (or `run_dir`): computed once, resumed if interrupted, reused afterwards.
-    `ladder` and `shared_prefix` pass through to `search_budgets` and, since
-    they do not change results, not into the run's hash. Returns (results, run)."""
-    from .runs import open_run, run_metadata, start_run
+def search_config(backend: Backend, problems: Sequence[Problem], dataset: str, **search_kwargs: Any) -> dict:
+    """What decides a search's results, its run's key: the search settings, the backend's
+    identity (model, revision, rendering, ...), the question ids and both templates.
+    `ladder`, `shared_prefix`, `batch_size`, `group_size` and `progress` do not change
+    results and are left out."""
+    settings = {k: v for k, v in search_kwargs.items() if k in SearchConfig.__dataclass_fields__}
+    return {"search": asdict(SearchConfig(**settings)), "backend": backend.identity(), "dataset": dataset,
+            "ids": [p.id for p in problems], "templates": [VANILLA_COT.text, BUDGETED_COT.text]}
 
-    config = {"search": asdict(SearchConfig(**{k: v for k, v in search_kwargs.items()
-                                                 if k in SearchConfig.__dataclass_fields__})),
-              "backend": backend.identity(), "dataset": dataset, "ids": [p.id for p in problems],
-              "templates": [VANILLA_COT.text, BUDGETED_COT.text]}
-    identity = backend.identity()
-    meta = run_metadata(identity, dataset=dataset, n=len(problems), profile=profile)
-    run = (open_run(run_dir, config, metadata=meta) if run_dir is not None
-           else start_run(step, config, metadata=meta, root=root))
-    if run.finished:
-        results = [BudgetSearchResult.from_row(row) for row in run.items()]
-        by_id = {r.id: r for r in results}
-        return [by_id[p.id] for p in problems], run
-    results = search_budgets(backend, problems, results_path=run.items_path, **search_kwargs)
-    run.finish(summarize_search(results))
-    return results, run
+
+def search_run(backend: Backend, problems: Sequence[Problem], *, dataset: str, profile: str,
+               step: str = "02_budget_search", root=None, run_dir=None, label: str | None = None,
+               **search_kwargs: Any):
+    """`search_budgets` inside a run (`runs.reuse`) keyed by `search_config`:
+    computed once, resumed if interrupted (finished questions and every
+    answer so far are kept), reused afterwards. The run records `label`
+    (default "optimal budget search (<strategy>, <feasibility>)"). Returns
+    (results, run)."""
+    from .runs import reuse
+
+    config = search_config(backend, problems, dataset, **search_kwargs)
+    label = label or f"optimal budget search ({config['search']['strategy']}, {config['search']['feasibility']})"
+
+    def compute(run: Run) -> list[BudgetSearchResult]:
+        results = search_budgets(backend, problems, run=run, **search_kwargs)
+        run.finish(summarize_search(results))
+        return results
+
+    def load(run: Run) -> list[BudgetSearchResult]:
+        by_id = {row["id"]: BudgetSearchResult.from_row(row) for row in run.items()}
+        return [by_id[p.id] for p in problems]
+
+    return reuse(step, config, compute, load, label=label, kind="search", dataset=dataset, profile=profile,
+                 identity=config["backend"], problems=problems, root=root, run_dir=run_dir)

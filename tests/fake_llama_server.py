@@ -18,7 +18,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 EOG = 7
-TEMPLATE = "<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+TURN = "<|im_start|>{role}\n{content}<|im_end|>\n"  # ChatML, as Qwen's template (no default system turn here)
 ACTIVE = {"now": 0, "max": 0}
 LOCK = threading.Lock()
 
@@ -68,7 +68,7 @@ def main():
         def do_POST(self):
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if self.path == "/apply-template":
-                self.reply({"prompt": TEMPLATE.format(body["messages"][0]["content"])})
+                self.reply({"prompt": "".join(TURN.format(**m) for m in body["messages"]) + "<|im_start|>assistant\n"})
             elif self.path == "/tokenize":
                 self.reply({"tokens": [EOG] if body["content"] == "<|im_end|>" else [1, 2]})
             elif self.path == "/completion":
@@ -80,8 +80,11 @@ def main():
                     ACTIVE["max"] = max(ACTIVE["max"], ACTIVE["now"])
                 try:
                     threading.Event().wait(0.05)  # long enough for concurrent requests to overlap
-                    message = prompt.split("user\n", 1)[1].split("<|im_end|>", 1)[0]
-                    prefix = prompt.rsplit("assistant\n", 1)[1]
+                    if prompt.startswith("<|im_start|>"):
+                        message = prompt.split("user\n", 1)[1].split("<|im_end|>", 1)[0]
+                        prefix = prompt.rsplit("assistant\n", 1)[1]
+                    else:  # TALE's raw wrapper
+                        message, prefix = prompt.split("\nUser: ", 1)[1].rsplit("\nAssistant:", 1)
                     words = ((f"(after {prefix})" if prefix else "") + " echo: " + message).split()
                     n = body["n_predict"]
                     out = words[:n]

@@ -44,7 +44,7 @@ def fault_server():
             if action == "garbage":
                 body, status = b"{not json", 200
             elif action == "ok":
-                body, status = json.dumps(completion(f"echo: {request['messages'][0]['content']}")).encode(), 200
+                body, status = json.dumps(completion(f"echo: {request['messages'][-1]['content']}")).encode(), 200
             else:
                 body, status = json.dumps({"error": {"message": f"status {action}"}}).encode(), action
             try:
@@ -73,7 +73,9 @@ def test_429_then_success(fault_server):
     script.extend([429, 503])
     (g,) = backend_for(url).generate(["q"], max_new_tokens=16)
     assert (g.text, g.n_output_tokens, g.finish_reason) == ("echo: q", 5, "stop")
-    assert len(seen) == 3 and seen[0]["max_tokens"] == 16 and seen[0]["messages"][0]["content"] == "q"
+    assert len(seen) == 3 and seen[0]["max_tokens"] == 16
+    assert seen[0]["messages"] == [{"role": "system", "content": "You are a helpful assistant."},  # as TALE sends
+                                   {"role": "user", "content": "q"}]
 
 
 def test_500s_until_the_limit(fault_server):

@@ -1,8 +1,8 @@
-"""budgetlib.results: run directories of every step read back with readable
-labels, duplicates collapsed to the newest, missing methods NaN (never 0),
-profiles kept apart. The runs are made the way notebooks 01-07 make them
-(evaluate_run / selfbudgeter_run with a fake backend), so the config shapes
-are the real ones."""
+"""budgetlib.results: run directories of every step read back with the label
+and dataset each run recorded, duplicates collapsed to the newest, missing
+methods NaN (never 0), profiles kept apart. The runs are made the way
+notebooks 01-07 make them (evaluate_run / selfbudgeter_run with a fake
+backend, with the labels the notebooks pass)."""
 
 import json
 import math
@@ -31,11 +31,8 @@ class Adapted(FakeBackend):
         return {**super().identity(), "device": "cpu", "adapter": adapter}
 
 
-def trained(root, step, run_id, kind, sha):
-    """A training run directory like train_or_reuse's; the config records the path
-    as another machine saw it (CI checkouts live elsewhere), the kind is under `root`."""
-    (root / step / run_id / "adapter").mkdir(parents=True)
-    (root / step / run_id / "train_config.json").write_text(json.dumps({"kind": kind}))
+def trained(step, run_id, sha):
+    """An adapter as the HF backend's identity records it (the path another machine saw)."""
     return {"path": f"/elsewhere/results/{step}/{run_id}/adapter", "sha256": sha}
 
 
@@ -56,22 +53,26 @@ def root(tmp_path, fake, problems):
     kw = dict(max_new_tokens=64, profile="smoke")
     compare_methods(fake, {"synthetic": problems}, [DIRECT_ANSWER, VANILLA, budgeted(10)],
                     step="01_token_redundancy", root=tmp_path, **kw)
-    estimators = [estimated(name, ConstantEstimator(b))
-                  for name, b in (("tale_ep_zero_shot", 8), ("tale_ep_learned", 9), ("oracle", 7))]
+    estimators = [estimated(name, ConstantEstimator(b), label=label)
+                  for name, b, label in (("tale_ep_zero_shot", 8, "TALE-EP"), ("tale_ep_learned", 9, "learned predictor"),
+                                         ("oracle", 7, "oracle budget"))]
     compare_methods(fake, {"synthetic/test": problems}, [DIRECT_ANSWER, VANILLA, budgeted(10), *estimators],
                     step="04_tale_ep", root=tmp_path, **kw)
-    sft = Adapted(fake.respond, [trained(tmp_path, "05_tale_pt_sft", "sft1", "sft", "aaa")])
-    cond = Adapted(fake.respond, [trained(tmp_path, "05_tale_pt_sft", "cond1", "sft", "bbb")])
-    dpo = Adapted(fake.respond, [trained(tmp_path, "06_tale_pt_dpo", "dpo1", "dpo", "ccc")])
-    cold = trained(tmp_path, "07_selfbudgeter", "cold1", "sft", "ddd")
-    grpo = trained(tmp_path, "07_selfbudgeter", "grpo1", "grpo", "eee")
-    for backend, method, step in ((sft, VANILLA, "05_tale_pt_sft"),
-                                  (cond, estimated("learned_budget", ConstantEstimator(9)), "05_tale_pt_sft"),
-                                  (dpo, VANILLA, "06_tale_pt_dpo"), (sft, VANILLA, "06_tale_pt_dpo")):
-        evaluate_run(backend, problems, method, dataset="synthetic/test", step=step, root=tmp_path, **kw)
-    for backend in (fake, Adapted(fake.respond, [cold]), Adapted(fake.respond, [cold, grpo])):
+    sft = Adapted(fake.respond, [trained("05_tale_pt_sft", "sft1", "aaa")])
+    cond = Adapted(fake.respond, [trained("05_tale_pt_sft", "cond1", "bbb")])
+    dpo = Adapted(fake.respond, [trained("06_tale_pt_dpo", "dpo1", "ccc")])
+    cold = trained("07_selfbudgeter", "cold1", "ddd")
+    grpo = trained("07_selfbudgeter", "grpo1", "eee")
+    for backend, method, step, label in (
+            (sft, VANILLA, "05_tale_pt_sft", "TALE-PT SFT"),
+            (cond, estimated("learned_budget", ConstantEstimator(9)), "05_tale_pt_sft", "budget-conditioned SFT"),
+            (dpo, VANILLA, "06_tale_pt_dpo", "TALE-PT DPO"), (sft, VANILLA, "06_tale_pt_dpo", "TALE-PT SFT")):
+        evaluate_run(backend, problems, method, dataset="synthetic/test", step=step, root=tmp_path, label=label, **kw)
+    for backend, stage in ((fake, "SelfBudgeter prompt, base model"), (Adapted(fake.respond, [cold]), "SelfBudgeter cold start"),
+                           (Adapted(fake.respond, [cold, grpo]), "SelfBudgeter GRPO")):
         for preset in (None, 32):
-            selfbudgeter_run(backend, problems, preset=preset, dataset="synthetic/test", root=tmp_path, **kw)
+            selfbudgeter_run(backend, problems, preset=preset, dataset="synthetic/test", root=tmp_path, label=stage,
+                             **kw)
     # 02's search: not an evaluation
     search = start_run("02_budget_search", {"backend": fake.identity(), "dataset": "synthetic/test",
                                             "ids": [p.id for p in problems], "search": {"strategy": "halving"}},
@@ -151,42 +152,29 @@ def test_searches_are_summarised_apart(root):
     assert "02_budget_search" not in set(results.collect(root).step)
 
 
-@pytest.mark.parametrize("config, label", [
-    ({"method": "budget_25"}, "fixed budget β=25"),
-    ({"method": "vanilla_cot", "backend": {"adapter": {"path": "/x/06_tale_pt_dpo/r/adapter"}}}, "TALE-PT DPO"),
-    ({"method": "vanilla_cot", "backend": {"adapter": {"path": "/x/05_tale_pt_sft/r/adapter"}}}, "TALE-PT SFT"),
-    ({"method": "selfbudgeter", "preset": None, "backend": {"adapter": [{"path": "/x/07_s/a/adapter"},
-                                                                         {"path": "/x/07_s/b/adapter"}]}},
-     "SelfBudgeter GRPO (own budget)"),
-    ({"method": "selfbudgeter", "preset": 64, "backend": {"adapter": {"path": "/x/07_s/a/adapter"}}},
-     "SelfBudgeter cold start, preset 64"),
-    ({"method": "direct", "backend": {"adapter": {"path": "/x/07_selfbudgeter/a/adapter"}}},
-     "direct answer + adapter (07_selfbudgeter)"),
-    ({"method": "selfbudgeter", "backend": {"adapter": [{"path": "/x/a/adapter"}] * 3}},
-     "unrecognised: selfbudgeter with adapters [('x', None), ('x', None), ('x', None)]"),
-    ({"method": "my_new_method"}, "unrecognised: my_new_method"),
-])
-def test_label_rules(tmp_path, config, label):
-    assert results.method_label(config, tmp_path) == label
+def test_the_label_a_run_recorded_is_its_method_never_a_guess(tmp_path, fake, problems):
+    kw = dict(max_new_tokens=64, profile="smoke", step="01_token_redundancy", root=tmp_path)
+    compare_methods(fake, {"gsm8k": problems}, [budgeted(50, "words"), budgeted(50), budgeted(50, "strict")], **kw)
+    evaluate_run(fake, problems, VANILLA, dataset="x", label="my own label", **kw)
+    frame = results.collect(tmp_path)
+    assert sorted(frame.method) == ["fixed budget β=50", "fixed budget β=50 (strict)", "fixed budget β=50 (words)",
+                                    "my own label"]
+    assert set(frame.dataset) == {"synthetic/test"}  # from the problems' ids, whatever the notebook called them
+    table = results.side_by_side(frame)
+    fixed = [m for m in table.method if m.startswith("fixed")]
+    assert fixed == ["fixed budget β=50", "fixed budget β=50 (strict)", "fixed budget β=50 (words)"]
+    meta = json.loads(next((tmp_path / "01_token_redundancy").glob("*/metadata.json")).read_text())
+    assert {meta["kind"], meta["profile"], meta["n"]} == {"evaluation", "smoke", 6}
 
 
-def test_unknown_config_is_kept_with_a_clear_label(tmp_path):
+def test_a_run_without_a_recorded_label_is_shown_as_unlabelled(tmp_path):
     config = {"method": "my_new_method", "backend": {"model": "m"}, "dataset": "d", "ids": ["d:test:0"]}
     run = start_run("09_new", config, metadata={"profile": "smoke", "n": 1}, root=tmp_path)
     run.finish({"n": 1, "accuracy": 1.0})
     row = results.collect(tmp_path).iloc[0]
-    assert row.method == "unrecognised: my_new_method" and row.note == f"config not recognised: 09_new/{run.dir.name}"
+    assert row.method == "unlabelled: my_new_method"
+    assert row.note == f"made before runs recorded their label: rerun 09_new ({run.dir.name})"
     assert row.accuracy == 1.0 and math.isnan(row.mean_output_tokens)
-
-
-def test_a_conditioned_run_on_the_plain_sft_adapter_is_flagged(tmp_path, fake, problems):
-    sft = Adapted(fake.respond, [trained(tmp_path, "05_tale_pt_sft", "sft1", "sft", "aaa")])
-    kw = dict(max_new_tokens=64, profile="smoke", dataset="synthetic/test", step="05_tale_pt_sft", root=tmp_path)
-    evaluate_run(sft, problems, VANILLA, **kw)
-    evaluate_run(sft, problems, estimated("learned_budget", ConstantEstimator(9)), **kw)
-    frame = results.collect(tmp_path).set_index("method")
-    assert "not a budget-conditioned adapter" in frame.loc["budget-conditioned SFT", "note"]
-    assert frame.loc["TALE-PT SFT", "note"] == ""
 
 
 def test_paper_numbers_are_labelled_and_exact():
@@ -213,17 +201,17 @@ def test_beside_papers_and_figure(root, tmp_path):
     assert (tmp_path / "f.png").stat().st_size > 0 and (tmp_path / "empty.png").exists()
 
 
-def test_a_preset_row_from_an_earlier_adapter_is_flagged(tmp_path, fake, problems):
-    old = Adapted(fake.respond, [trained(tmp_path, "07_selfbudgeter", "cold_old", "sft", "old")])
-    new = Adapted(fake.respond, [trained(tmp_path, "07_selfbudgeter", "cold_new", "sft", "new")])
-    kw = dict(max_new_tokens=64, profile="smoke", dataset="synthetic/test", root=tmp_path)
+def test_a_preset_row_keeps_the_newest_adapter(tmp_path, fake, problems):
+    old = Adapted(fake.respond, [trained("07_selfbudgeter", "cold_old", "old")])
+    new = Adapted(fake.respond, [trained("07_selfbudgeter", "cold_new", "new")])
+    kw = dict(max_new_tokens=64, profile="smoke", dataset="synthetic/test", root=tmp_path, label="SelfBudgeter cold start")
     for backend, preset in ((old, 32), (old, None), (new, None), (new, 16)):
         selfbudgeter_run(backend, problems, preset=preset, **kw)
     for i, run in enumerate(find_runs("07_selfbudgeter", root=tmp_path)):
         age(run, 100 - i)
     frame = results.collect(tmp_path).set_index("method")
     assert frame.loc["SelfBudgeter cold start (own budget)", "adapter"] == "+lora:new"  # the newest kept
-    assert "an earlier training run" in frame.loc["SelfBudgeter cold start, preset 32", "note"]
+    assert frame.loc["SelfBudgeter cold start, preset 32", "adapter"] == "+lora:old"
     assert frame.loc["SelfBudgeter cold start, preset 16", "note"] == ""
 
 

@@ -103,7 +103,8 @@ def test_evaluate_run_is_reused(fake, problems, tmp_path):
     again = evaluate_run(counting, problems, DIRECT_ANSWER, max_new_tokens=32, dataset="synthetic",
                          profile="smoke", root=tmp_path)
     assert counting.calls == [] and again.summary == first.summary and again.run.dir == first.run.dir
-    assert first.run.metadata["n"] == 30 and first.run.metadata["dataset"] == "synthetic"
+    assert first.run.metadata["n"] == 30 and first.run.metadata["dataset"] == "synthetic/test"  # from the ids
+    assert first.run.label == "direct answer" and first.run.metadata["kind"] == "evaluation"
 
 
 def test_compare_methods_frame(fake, problems, tmp_path):

@@ -126,34 +126,64 @@ class Dies(FakeBackend):
         return super().generate(prompts, **kw)
 
 
+def _run(tmp_path, backend, problems, **kw):
+    from budgetlib.runs import open_run
+    from budgetlib.search import search_config
+
+    return open_run(tmp_path / "run", search_config(backend, problems, "t", **kw))
+
+
 def test_killed_run_resumes_to_identical_results(tmp_path):
-    path = tmp_path / "items.jsonl"
     kw = dict(max_new_tokens=256, batch_size=16, group_size=40, progress=False)
     full = search_budgets(FakeBackend(scripted), PROBLEMS[:120], **kw)
+    run = _run(tmp_path, FakeBackend(scripted), PROBLEMS[:120], **kw)
+    dying = Dies(scripted, after=9)
     with pytest.raises(KeyboardInterrupt):
-        search_budgets(Dies(scripted, after=9), PROBLEMS[:120], results_path=path, **kw)
-    written = [json.loads(line) for line in path.read_text().splitlines()]
+        search_budgets(dying, PROBLEMS[:120], run=run, **kw)
+    written = run.items()
     assert 0 < len(written) < 120
-    with path.open("a") as f:
+    with run.items_path.open("a") as f:
         f.write('{"id": "q:99", "vanilla_tok')  # a write cut off mid-line
     resumed_backend = FakeBackend(scripted)
-    resumed = search_budgets(resumed_backend, PROBLEMS[:120], results_path=path, **kw)
+    resumed = search_budgets(resumed_backend, PROBLEMS[:120], run=run, **kw)
     assert resumed == full
-    lines = path.read_text().splitlines()
-    assert sorted(json.loads(l)["id"] for l in lines) == sorted(p.id for p in PROBLEMS[:120])
+    assert sorted(r["id"] for r in run.items()) == sorted(p.id for p in PROBLEMS[:120])  # none lost, none twice
+    # every answer the killed run had got was kept: the rerun asked only for the rest
+    asked_before = sum(len(c) for c in dying.calls)
+    asked_after = sum(len(c) for c in resumed_backend.calls)
+    fresh = FakeBackend(scripted)
+    search_budgets(fresh, PROBLEMS[:120], **kw)
+    assert asked_after == sum(len(c) for c in fresh.calls) - asked_before
     # a third run does nothing and reads everything back
     again = FakeBackend(scripted)
-    assert search_budgets(again, PROBLEMS[:120], results_path=path, **kw) == full and again.calls == []
-    assert search_budgets_sequential(again, PROBLEMS[:120], results_path=path, max_new_tokens=256) == full
+    assert search_budgets(again, PROBLEMS[:120], run=run, **kw) == full and again.calls == []
+    assert search_budgets_sequential(again, PROBLEMS[:120], run=run, max_new_tokens=256) == full
+
+
+def test_a_search_killed_mid_question_keeps_its_rounds(tmp_path):
+    """One group of 40 questions killed after two rounds, most of them mid-search: the rerun repeats no answer."""
+    kw = dict(max_new_tokens=256, batch_size=None, group_size=None, progress=False)
+    run = _run(tmp_path, FakeBackend(scripted), PROBLEMS[:40], **kw)
+    dying = Dies(scripted, after=2)  # the vanilla round and one budget round
+    with pytest.raises(KeyboardInterrupt):
+        search_budgets(dying, PROBLEMS[:40], run=run, **kw)
+    assert len(run.items()) < 30  # only questions whose vanilla answer was wrong (or that stopped at once) finished
+    resumed = FakeBackend(scripted)
+    assert search_budgets(resumed, PROBLEMS[:40], run=run, **kw) == search_budgets(FakeBackend(scripted),
+                                                                                  PROBLEMS[:40], **kw)
+    assert not set(map(tuple, resumed.calls)) & set(map(tuple, dying.calls))  # no round asked twice
 
 
 def test_results_from_another_config_are_refused(tmp_path):
-    path = tmp_path / "items.jsonl"
-    search_budgets(FakeBackend(scripted), PROBLEMS[:5], results_path=path, progress=False)
-    with pytest.raises(RunError, match="different model or search config"):
-        search_budgets(FakeBackend(scripted), PROBLEMS[:5], results_path=path, strategy="binary", progress=False)
-    with pytest.raises(RunError, match="different model or search config"):
-        search_budgets(FakeBackend(scripted, model_id="other"), PROBLEMS[:5], results_path=path, progress=False)
+    from budgetlib.search import search_run
+
+    kw = dict(dataset="t", profile="smoke", progress=False)
+    _, run = search_run(FakeBackend(scripted), PROBLEMS[:5], run_dir=tmp_path / "r", **kw)
+    with pytest.raises(RunError, match="different config"):
+        search_run(FakeBackend(scripted), PROBLEMS[:5], run_dir=tmp_path / "r", strategy="binary", **kw)
+    with pytest.raises(RunError, match="different config"):
+        search_run(FakeBackend(scripted, model_id="other"), PROBLEMS[:5], run_dir=tmp_path / "r", **kw)
+    assert run.label == "optimal budget search (halving, elastic)" and run.metadata["kind"] == "search"
 
 
 def test_bad_input():

@@ -1,4 +1,5 @@
 import math
+import json
 import re
 
 import pytest
@@ -87,7 +88,7 @@ def test_runs_are_written_reused_and_resumed(tmp_path):
         return model(prompt, *args)
 
     backend = FakeBackend(counting)
-    opts = dict(max_new_tokens=64, dataset="toy", profile="smoke", root=tmp_path)
+    opts = dict(max_new_tokens=64, dataset="toy", profile="smoke", root=tmp_path, label="SelfBudgeter cold start")
     rows, summary = selfbudgeter_run(backend, PROBLEMS, **opts)
     run_dirs = list((tmp_path / "07_selfbudgeter").iterdir())
     assert len(run_dirs) == 1 and len(calls) == 4
@@ -101,6 +102,8 @@ def test_runs_are_written_reused_and_resumed(tmp_path):
     assert selfbudgeter_run(backend, PROBLEMS, **opts)[1] == summary and len(calls) == 6
     sweep = preset_sweep(backend, PROBLEMS, [8], **opts)
     assert sweep.loc[0, "mean_output_tokens"] == 8 and len(list((tmp_path / "07_selfbudgeter").iterdir())) == 2
+    labels = sorted(json.loads((d / "metadata.json").read_text())["label"] for d in (tmp_path / "07_selfbudgeter").iterdir())
+    assert labels == ["SelfBudgeter cold start (own budget)", "SelfBudgeter cold start, preset 8"]
 
 
 def test_adherence_and_training_figures(tmp_path):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from ..paths import cache_dir
-from ..prompts import render_chat
+from ..prompts import DEFAULT_RENDERING, check_rendering, render_chat
 from .base import Generation, check_request, prefixes_for
 from .prefix_cache import MIN_PREFIX, PrefillStats, group_by_prefix, pack_groups, prefill_shared, \
     supports_prefix_sharing
@@ -150,7 +150,8 @@ class HFBackend:
     def __init__(self, model: str | os.PathLike | None = None, *, revision: str | None = None,
                  device: str | None = None, dtype: str | None = None, batch_size: int = 16,
                  progress: bool = True, adapter: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
-                 shared_prefix: bool = False, min_shared_prefix: int = MIN_PREFIX, compact: bool = True):
+                 shared_prefix: bool = False, min_shared_prefix: int = MIN_PREFIX, compact: bool = True,
+                 rendering: str = DEFAULT_RENDERING):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -159,6 +160,7 @@ class HFBackend:
         if min_shared_prefix < 1:
             raise ValueError(f"min_shared_prefix must be >= 1, got {min_shared_prefix}")
         self.batch_size = batch_size
+        self.rendering = check_rendering(rendering)
         self.shared_prefix = bool(shared_prefix)
         self.compact = bool(compact)
         self.compact_stats = {"batches": 0, "row_steps": 0}
@@ -204,10 +206,11 @@ class HFBackend:
 
     def identity(self) -> dict[str, Any]:
         return {"model": self.model_id, "revision": self.revision, "backend": "hf",
-                "dtype": self.dtype, "device": self.device.split(":")[0], "adapter": self.adapter}
+                "dtype": self.dtype, "device": self.device.split(":")[0], "adapter": self.adapter,
+                "rendering": self.rendering}
 
     def render(self, prompt: str, assistant_prefix: str | None = None) -> str:
-        return render_chat(self.tokenizer, prompt, assistant_prefix)
+        return render_chat(self.tokenizer, prompt, assistant_prefix, self.rendering)
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                  seed: int = 0, assistant_prefix: str | Sequence[str] | None = None,

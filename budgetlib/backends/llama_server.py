@@ -3,7 +3,8 @@
 `LlamaServerBackend("qwen2.5-coder-1.5b", parallel=4)` starts ``llama-server``
 on a free local port with ``--parallel 4`` (four sequences decoded together,
 continuous batching) and sends up to that many requests at once. Prompts are
-rendered with the model's own chat template by the server (``/apply-template``),
+rendered as `rendering` says (`prompts.RENDERINGS`): TALE's raw wrapper, or
+the model's own chat template applied by the server (``/apply-template``),
 the assistant prefix (if any) is appended, and ``/completion`` generates; so
 prefilling works, unlike the OpenAI chat endpoint.
 
@@ -45,6 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Sequence
 
+from ..prompts import DEFAULT_RENDERING, chat_messages, check_rendering, render_raw
 from .base import Generation, check_request, prefixes_for
 from .server_process import ServerCrashed, ServerProcess, free_port
 
@@ -92,10 +94,11 @@ class LlamaServerBackend:
     def __init__(self, model: str | os.PathLike = "qwen2.5-coder-1.5b", *, parallel: int = 4,
                  ctx_per_slot: int = 2048, threads: int | None = None, repack: bool = False,
                  binary: str | None = None, start_timeout: float = 300.0, extra_args: Sequence[str] = (),
-                 request_timeout: float = 1800.0):
+                 request_timeout: float = 1800.0, rendering: str = DEFAULT_RENDERING):
         if parallel < 1 or ctx_per_slot < 64:
             raise ValueError(f"need parallel >= 1 and ctx_per_slot >= 64, got {parallel}, {ctx_per_slot}")
         self.gguf, self.model_id, self.sha256 = _resolve_model(model)
+        self.rendering = check_rendering(rendering)
         self.parallel, self.ctx_per_slot, self.request_timeout = parallel, ctx_per_slot, request_timeout
         self.threads = threads or os.cpu_count() or 1
         self.binary = binary or find_llama_server()
@@ -117,11 +120,13 @@ class LlamaServerBackend:
     # --- protocol ---------------------------------------------------------
     def identity(self) -> dict[str, Any]:
         return {"model": self.model_id, "revision": self.sha256, "backend": "llama.cpp-server",
-                "dtype": "gguf", "device": "cpu"}
+                "dtype": "gguf", "device": "cpu", "rendering": self.rendering}
 
     def render(self, prompt: str, assistant_prefix: str | None = None) -> str:
+        if self.rendering == "tale_raw":
+            return render_raw(prompt, assistant_prefix)
         if prompt not in self._templates:
-            out = self._request("POST", "/apply-template", {"messages": [{"role": "user", "content": prompt}]})
+            out = self._request("POST", "/apply-template", {"messages": chat_messages(prompt, self.rendering)})
             self._templates[prompt] = out["prompt"]
         return self._templates[prompt] + (assistant_prefix or "")
 

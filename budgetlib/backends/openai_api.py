@@ -20,6 +20,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
+from ..prompts import DEFAULT_RENDERING, chat_messages, check_rendering
 from .base import Generation, PrefillUnsupported, check_request, prefixes_for
 
 __all__ = ["OpenAIBackend", "BackendError"]
@@ -37,9 +38,13 @@ class OpenAIBackend:
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key: str | None = None,
                  max_concurrency: int = 8, max_retries: int = 5, timeout: float = 60.0,
-                 backoff_base: float = 0.5, backoff_max: float = 30.0):
+                 backoff_base: float = 0.5, backoff_max: float = 30.0, rendering: str = DEFAULT_RENDERING):
         import openai
 
+        if check_rendering(rendering) == "tale_raw":
+            raise ValueError("OpenAIBackend talks to a chat endpoint: rendering 'tale_raw' needs a raw-text engine "
+                             "(HFBackend or LlamaServerBackend)")
+        self.rendering = rendering
         api_key = api_key or os.environ.get("OPENAI_API_KEY")
         if not api_key:
             raise ValueError("no API key: set OPENAI_API_KEY or pass api_key= (any string for a local server)")
@@ -54,12 +59,13 @@ class OpenAIBackend:
         self._rng = random.Random(0)
 
     def identity(self) -> dict[str, Any]:
-        return {"model": self.model_id, "revision": None, "backend": "openai", "base_url": self.base_url}
+        return {"model": self.model_id, "revision": None, "backend": "openai", "base_url": self.base_url,
+                "rendering": self.rendering}
 
     def render(self, prompt: str, assistant_prefix: str | None = None) -> str:
         if assistant_prefix is not None:
             raise PrefillUnsupported("OpenAIBackend cannot prefill the assistant turn")
-        return json.dumps([{"role": "user", "content": prompt}])
+        return json.dumps(chat_messages(prompt, self.rendering))
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                  seed: int = 0, assistant_prefix: str | Sequence[str] | None = None) -> list[Generation]:
@@ -83,7 +89,7 @@ class OpenAIBackend:
                 time.sleep(delay * (0.5 + self._rng.random()))  # jitter: 0.5x to 1.5x
             try:
                 response = self.client.chat.completions.create(
-                    model=self.model_id, messages=[{"role": "user", "content": prompt}],
+                    model=self.model_id, messages=chat_messages(prompt, self.rendering),
                     max_tokens=max_new_tokens, temperature=temperature, seed=seed)
                 return self._parse(response)
             except Exception as exc:

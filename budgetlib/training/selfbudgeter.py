@@ -23,7 +23,7 @@ from ..answers import extract_answer, is_correct
 from ..backends.base import Backend, Generation, generate_in_batches
 from ..data import Problem, check_problems
 from ..evaluate import summarize
-from ..runs import Run, RunError, append_jsonl, config_hash, read_jsonl, run_metadata, start_run
+from ..runs import Run, RunError, append_jsonl, config_hash, read_jsonl, reuse
 from ..prompts import SELFBUDGETER, VANILLA_COT
 from ..tokens import count_tokens
 from .data import BuildReport, GRPOPrompt, SFTExample
@@ -194,18 +194,28 @@ def evaluate_selfbudgeter(backend: Backend, problems: Sequence[Problem], *, max_
 
 
 def selfbudgeter_run(backend: Backend, problems: Sequence[Problem], *, max_new_tokens: int, dataset: str,
-                     profile: str, preset: int | None = None, step: str = "07_selfbudgeter", root=None,
+                     profile: str, label: str, preset: int | None = None, step: str = "07_selfbudgeter", root=None,
                      batch_size: int | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """`evaluate_selfbudgeter` inside a run directory found by a hash of its
-    config (``results/<step>/<hash>/``): computed once, resumed or reused."""
+    """`evaluate_selfbudgeter` inside a run (`runs.reuse`) keyed by its config:
+    computed once, resumed or reused. `label` names the model being evaluated
+    (e.g. "SelfBudgeter cold start"); the run records it with ", preset N" or
+    " (own budget)" appended."""
     identity = backend.identity()
     config = {"method": "selfbudgeter", "template": SELFBUDGETER.text, "preset": preset,
               "max_new_tokens": max_new_tokens, "backend": identity, "dataset": dataset,
               "ids": [p.id for p in problems]}
-    run = start_run(step, config, metadata=run_metadata(identity, dataset=dataset, n=len(problems), profile=profile),
-                    root=root)
-    return evaluate_selfbudgeter(backend, problems, max_new_tokens=max_new_tokens, preset=preset,
-                                 batch_size=batch_size, run=run)
+
+    def compute(run: Run):
+        return evaluate_selfbudgeter(backend, problems, max_new_tokens=max_new_tokens, preset=preset,
+                                     batch_size=batch_size, run=run)
+
+    def load(run: Run):
+        by_id = {row["id"]: row for row in run.items()}
+        return [by_id[p.id] for p in problems], run.summary()
+
+    full_label = label + (f", preset {preset}" if preset is not None else " (own budget)")
+    return reuse(step, config, compute, load, label=full_label, kind="evaluation", dataset=dataset,
+                 profile=profile, identity=identity, problems=problems, root=root)[0]
 
 
 def preset_sweep(backend: Backend, problems: Sequence[Problem], budgets: Sequence[int], *, max_new_tokens: int,
