@@ -183,13 +183,14 @@ class Run:
             raise RunError(f"{self.dir}: {name!r} is not an artefact name")
         return self.dir / name
 
-    def keep_answers(self, backend):
-        """`backend` with every greedy answer it gives stored as it arrives in this run's
+    def keep_answers(self, backend, *, sampled: bool = False):
+        """`backend` with every answer it gives stored as it arrives in this run's
         ``answers.sqlite`` (a generation cache keyed by backend identity, model input and
-        decoding): a step killed mid-way replays the answers it had already got."""
+        decoding): a step killed mid-way replays the answers it had already got. With
+        `sampled`, sampled answers are kept too (keyed by their seed): the draws this run made."""
         from .backends.cache import CachedBackend
 
-        return CachedBackend(backend, self.artifact("answers.sqlite"), enabled=True)
+        return CachedBackend(backend, self.artifact("answers.sqlite"), enabled=True, sampled=sampled)
 
     def items(self) -> list[dict[str, Any]]:
         return read_jsonl(self.items_path, repair=not self.finished)

@@ -126,28 +126,31 @@ def test_adherence_and_training_figures(tmp_path):
     assert [list(ax.lines[0].get_ydata()) for ax in fig.axes] == [[0.5, 0.4], [-1.0, 0.5]]
 
 
-def test_cold_start_resumes_from_its_samples_file(tmp_path):
-    path = tmp_path / "samples.jsonl"
+def test_cold_start_run_resumes_reuses_and_starts_anew_when_an_input_changes(tmp_path):
+    from budgetlib.training.selfbudgeter import cold_start_run
+
     asked = []
 
     def flaky(prompt, max_new_tokens, temperature, seed, prefix):
         asked.append(seed)
         if seed == 1 and fail[0]:
-            raise KeyboardInterrupt  # interrupted during the second round
+            raise KeyboardInterrupt  # killed during the second round
         return model(prompt, max_new_tokens, temperature, seed, prefix)
 
     fail = [True]
-    kw = dict(max_new_tokens=64, samples=2, temperature=0.7, batch_size=1, samples_path=path)
+    kw = dict(max_new_tokens=64, samples=2, temperature=0.7, batch_size=1, dataset="toy", profile="smoke",
+              root=tmp_path)
     with pytest.raises(KeyboardInterrupt):
-        build_cold_start(FakeBackend(flaky), PROBLEMS, **kw)
-    assert len(path.read_text().splitlines()) == 4  # round 0 was written as it finished
+        cold_start_run(FakeBackend(flaky), PROBLEMS, **kw)
     fail[0], asked[:] = False, []
-    resumed, report = build_cold_start(FakeBackend(flaky), PROBLEMS, **kw)
-    assert asked == [1, 1, 1, 1]  # only round 1 was generated again
-    fresh, _ = build_cold_start(FakeBackend(model), PROBLEMS, **{**kw, "samples_path": None})
-    assert resumed == fresh and report.n_results == 8
-    with path.open("a") as f:
-        f.write('{"k": 1, "id": "p0", "te')  # a write cut off mid-line is dropped and repaired
-    assert build_cold_start(FakeBackend(model), PROBLEMS, **kw)[0] == fresh
-    with pytest.raises(RunError, match="samples.jsonl:1: cold-start samples made with other settings"):
-        build_cold_start(FakeBackend(model), PROBLEMS, **{**kw, "max_new_tokens": 32})
+    resumed, run = cold_start_run(FakeBackend(flaky), PROBLEMS, **kw)
+    assert asked == [1, 1, 1, 1]  # round 0's sampled answers were kept as they came: only round 1 again
+    fresh, report = build_cold_start(FakeBackend(model), PROBLEMS, max_new_tokens=64, samples=2, temperature=0.7)
+    assert resumed == fresh and run.summary()["n_results"] == report.n_results == 8
+    assert run.label == "SelfBudgeter cold-start data" and run.metadata["kind"] == "training data"
+    asked[:] = []
+    again, run2 = cold_start_run(FakeBackend(flaky), PROBLEMS, **kw)
+    assert again == fresh and run2.dir == run.dir and asked == []  # nothing changed: reused
+    _, run3 = cold_start_run(FakeBackend(flaky), PROBLEMS, **{**kw, "max_new_tokens": 32})
+    _, run4 = cold_start_run(FakeBackend(flaky, model_id="other"), PROBLEMS, **kw)
+    assert len({run.dir, run3.dir, run4.dir}) == 3  # any input changed: a new run

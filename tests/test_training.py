@@ -1,5 +1,6 @@
 """Tiny LoRA training runs on the embedded model (CPU, about a minute)."""
 
+import dataclasses
 import json
 import shutil
 
@@ -8,7 +9,7 @@ import torch
 
 from budgetlib.prompts import VANILLA_COT
 from budgetlib.training.config import RecipeError, load_recipe
-from budgetlib.training.data import DPOPair, SFTExample, save_jsonl
+from budgetlib.training.data import DPOPair, SFTExample
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +67,8 @@ def test_dpo_first_loss_is_log2_and_falls(tmp_path):
 def test_cli_train_from_jsonl(tmp_path, capsys):
     from budgetlib.cli import main
 
-    path = save_jsonl(ITEMS[:4], tmp_path / "sft.jsonl", {"test": True})
+    path = tmp_path / "sft.jsonl"  # one SFT row per line, as a data run's items.jsonl holds them
+    path.write_text("".join(json.dumps(dataclasses.asdict(x)) + "\n" for x in ITEMS[:4]))
     assert main(["train", "sft", "--recipe", "tale_pt_sft", "--data", str(path), "--out", str(tmp_path / "run"),
                  "--max-steps", "1"]) == 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])  # trl prints its own dicts first

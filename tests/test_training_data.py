@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import re
 
@@ -7,7 +8,7 @@ from budgetlib.backends import FakeBackend
 from budgetlib.data import Problem
 from budgetlib.search import BudgetSearchResult, TraceStep
 from budgetlib.training.data import (LeakageError, build_dpo_pairs, build_sft_examples, check_no_overlap,
-                                     drop_overlap, save_jsonl, to_dataset)
+                                     drop_overlap, to_dataset)
 
 PROBLEMS = [Problem(f"p{i}", f"What is {i} plus 1?", str(i + 1), "t") for i in range(4)]
 
@@ -94,13 +95,28 @@ def test_contamination_by_problem_statement_gsm8k_zero_style():
     assert dropped == ["gsm8k:train:0"] and [p.id for p in kept] == ["gsm8k:train:1"]
 
 
-def test_save_and_dataset(tmp_path):
-    examples, report = build_sft_examples(FakeBackend(model), PROBLEMS, RESULTS, max_new_tokens=64)
-    path = save_jsonl(examples, tmp_path / "sft.jsonl", {"model": "fake", "report": report.skipped})
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [r["id"] for r in rows] == ["p0", "p2"]
-    assert json.loads((tmp_path / "sft.jsonl.provenance.json").read_text())["model"] == "fake"
-    with pytest.raises(FileExistsError):
-        save_jsonl(examples, path, {})
+def test_data_runs_are_reused_and_start_anew_when_an_input_changes(tmp_path):
+    from budgetlib.training.data import dpo_data_run, load_jsonl, sft_data_run
+
+    kw = dict(max_new_tokens=64, dataset="toy", profile="smoke", step="05_tale_pt_sft", root=tmp_path)
+    backend = FakeBackend(model)
+    examples, run = sft_data_run(backend, PROBLEMS, RESULTS, **kw)
+    assert examples == build_sft_examples(FakeBackend(model), PROBLEMS, RESULTS, max_new_tokens=64)[0]
+    assert [r["id"] for r in run.items()] == ["p0", "p2"] and run.summary()["kept"] == 2
+    assert run.label == "TALE-PT SFT data" and run.metadata["kind"] == "training data"
+    assert load_jsonl(run.items_path) == examples  # the file `python -m budgetlib train --data` reads
+    calls = len(backend.calls)
+    again, run2 = sft_data_run(backend, PROBLEMS, RESULTS, **kw)
+    assert again == examples and run2.dir == run.dir and len(backend.calls) == calls  # reused, nothing asked
+    other = [dataclasses.replace(RESULTS[0], output_text="another short answer [[1]]"), *RESULTS[1:]]
+    dirs = {run.dir, sft_data_run(backend, PROBLEMS, other, **kw)[1].dir,  # other search results
+            sft_data_run(backend, PROBLEMS, RESULTS, conditioned=True, **kw)[1].dir,
+            sft_data_run(backend, PROBLEMS, RESULTS, **{**kw, "max_new_tokens": 32})[1].dir,
+            dpo_data_run(backend, PROBLEMS, RESULTS, keep_all=True, **kw)[1].dir}
+    assert len(dirs) == 5
+
+
+def test_to_dataset():
+    examples, _ = build_sft_examples(FakeBackend(model), PROBLEMS, RESULTS, max_new_tokens=64)
     ds = to_dataset(examples)
     assert ds.num_rows == 2 and {"prompt", "completion"} <= set(ds.column_names)

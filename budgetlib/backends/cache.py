@@ -35,10 +35,14 @@ def cache_enabled_by_env() -> bool:
 
 class CachedBackend:
     """Wraps `backend`; misses go to it in one batched call, hits come from disk.
-    `hits` and `misses` count requests since creation."""
+    `hits` and `misses` count requests since creation. `sampled` stores sampled
+    answers too (keyed by temperature and seed): not a value to reuse across
+    runs, but a run's own record of the draws it made (`runs.Run.keep_answers`)."""
 
-    def __init__(self, backend: Backend, path: str | Path | None = None, *, enabled: bool | None = None):
+    def __init__(self, backend: Backend, path: str | Path | None = None, *, enabled: bool | None = None,
+                 sampled: bool = False):
         self.backend = backend
+        self.sampled = sampled
         self.path = Path(path) if path is not None else default_cache_path()
         self.enabled = cache_enabled_by_env() if enabled is None else enabled
         self.hits = 0
@@ -86,7 +90,7 @@ class CachedBackend:
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                  seed: int = 0, assistant_prefix: str | Sequence[str] | None = None) -> list[Generation]:
         check_request(prompts, max_new_tokens, temperature)
-        if not self.enabled or temperature > 0:
+        if not self.enabled or (temperature > 0 and not self.sampled):
             return self.backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
                                          seed=seed, assistant_prefix=assistant_prefix)
         prefixes = prefixes_for(assistant_prefix, len(prompts))

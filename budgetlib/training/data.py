@@ -26,6 +26,7 @@ import json
 import re
 import unicodedata
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,8 +36,8 @@ from ..data import Problem, check_problems
 from ..prompts import BUDGETED_COT, VANILLA_COT
 
 __all__ = ["LeakageError", "normalize_question", "problem_statement", "check_no_overlap", "drop_overlap",
-           "SFTExample", "DPOPair", "GRPOPrompt", "BuildReport", "build_sft_examples", "build_dpo_pairs", "save_jsonl",
-           "load_jsonl", "to_dataset"]
+           "SFTExample", "DPOPair", "GRPOPrompt", "BuildReport", "build_sft_examples", "build_dpo_pairs", "data_run",
+           "sft_data_run", "dpo_data_run", "results_hash", "rows_to_items", "load_jsonl", "to_dataset"]
 
 
 class LeakageError(ValueError):
@@ -221,34 +222,82 @@ def build_dpo_pairs(backend: Backend, problems: Sequence[Problem], results, *, m
     return out, report
 
 
-def save_jsonl(items: Sequence[SFTExample | DPOPair], path: str | Path, provenance: dict[str, Any]) -> Path:
-    """Write the examples as JSONL with a sidecar ``<path>.provenance.json``
-    (model, search run, dataset, report...). Refuses to overwrite."""
-    path = Path(path)
-    if path.exists():
-        raise FileExistsError(f"{path} exists; training data is never overwritten silently")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text("".join(json.dumps(asdict(x), ensure_ascii=False) + "\n" for x in items), encoding="utf-8")
-    path.with_suffix(path.suffix + ".provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
-    tmp.replace(path)
-    return path
+def results_hash(results) -> str:
+    """sha256 of search results (what the SFT targets and DPO pairs are made from), in order."""
+    import hashlib
+
+    payload = json.dumps([r.to_row() for r in results], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def load_jsonl(path: str | Path) -> list[SFTExample | DPOPair | GRPOPrompt]:
-    """Examples written by `save_jsonl` (SFT or DPO, told apart by their fields)."""
-    from ..runs import read_jsonl
+def data_run(step: str, config: dict[str, Any], build, *, label: str, backend: Backend, problems: Sequence[Problem],
+             dataset: str, profile: str, root=None):
+    """Training data built once inside a run (`runs.reuse`) keyed by `config` plus the backend's identity
+    and the question ids: ``build(backend)`` returns (items, report); the items become the run's items
+    (one row per example, by id), the report its summary. Answers are kept as they arrive
+    (`Run.keep_answers`, sampled ones too), so a build killed midway replays them. Returns (items, run)."""
+    from ..runs import reuse
 
+    identity = backend.identity()
+    config = {**config, "backend": identity, "ids": [p.id for p in problems]}
+
+    def compute(run):
+        items, report = build(run.keep_answers(backend, sampled=True))
+        run.clear_items()
+        run.append(asdict(x) for x in items)
+        run.finish({"n_results": report.n_results, "kept": report.kept, "skipped": report.skipped})
+        return items
+
+    return reuse(step, config, compute, lambda run: rows_to_items(run.items(), run.items_path), label=label,
+                 kind="training data", dataset=dataset, profile=profile, identity=identity, problems=problems,
+                 root=root)
+
+
+def sft_data_run(backend: Backend, problems: Sequence[Problem], results, *, max_new_tokens: int, dataset: str,
+                 profile: str, step: str, conditioned: bool = False, batch_size: int | None = None, root=None):
+    """`build_sft_examples` as a run keyed by the search results' hash, `conditioned`, `max_new_tokens`
+    and the templates (plus backend and ids). Returns (examples, run)."""
+    config = {"data": "tale_pt_sft", "conditioned": conditioned, "max_new_tokens": max_new_tokens,
+              "results_sha256": results_hash(results), "templates": [VANILLA_COT.text, BUDGETED_COT.text]}
+    build = partial(build_sft_examples, problems=problems, results=results, max_new_tokens=max_new_tokens,
+                    conditioned=conditioned, batch_size=batch_size)
+    label = "budget-conditioned SFT data" if conditioned else "TALE-PT SFT data"
+    return data_run(step, config, build, label=label, backend=backend, problems=problems, dataset=dataset,
+                    profile=profile, root=root)
+
+
+def dpo_data_run(backend: Backend, problems: Sequence[Problem], results, *, max_new_tokens: int, dataset: str,
+                 profile: str, step: str, keep_all: bool = False, batch_size: int | None = None, root=None):
+    """`build_dpo_pairs` as a run keyed like `sft_data_run`'s (with `keep_all`). Returns (pairs, run)."""
+    config = {"data": "tale_pt_dpo", "keep_all": keep_all, "max_new_tokens": max_new_tokens,
+              "results_sha256": results_hash(results), "templates": [VANILLA_COT.text, BUDGETED_COT.text]}
+    build = partial(build_dpo_pairs, problems=problems, results=results, max_new_tokens=max_new_tokens,
+                    keep_all=keep_all, batch_size=batch_size)
+    return data_run(step, config, build, label="TALE-PT DPO pairs", backend=backend, problems=problems,
+                    dataset=dataset, profile=profile, root=root)
+
+
+def rows_to_items(rows: Sequence[dict[str, Any]], where: str | Path) -> list[SFTExample | DPOPair | GRPOPrompt]:
+    """Training items from their JSON rows (SFT, DPO or GRPO, told apart by their fields); `where`
+    names the file in errors."""
     items: list[SFTExample | DPOPair | GRPOPrompt] = []
-    for lineno, row in enumerate(read_jsonl(Path(path)), start=1):
+    for lineno, row in enumerate(rows, start=1):
         kind = DPOPair if "chosen" in row else GRPOPrompt if "upper_budget" in row else SFTExample
         try:
             items.append(kind(**row))
         except TypeError as exc:
-            raise ValueError(f"{path}:{lineno}: not a {kind.__name__} row ({exc}); keys: {sorted(row)}") from None
+            raise ValueError(f"{where}:{lineno}: not a {kind.__name__} row ({exc}); keys: {sorted(row)}") from None
     if not items:
-        raise ValueError(f"{path}: no training examples")
+        raise ValueError(f"{where}: no training examples")
     return items
+
+
+def load_jsonl(path: str | Path) -> list[SFTExample | DPOPair | GRPOPrompt]:
+    """Training items from a JSONL file: a data run's ``items.jsonl`` (`data_run`), or any file with
+    one SFT, DPO or GRPO row per line (for ``python -m budgetlib train --data``)."""
+    from ..runs import read_jsonl
+
+    return rows_to_items(read_jsonl(Path(path)), path)
 
 
 def to_dataset(items: Sequence[SFTExample | DPOPair]):

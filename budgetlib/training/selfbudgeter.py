@@ -16,20 +16,20 @@ from __future__ import annotations
 
 import math
 import statistics
-from pathlib import Path
+from functools import partial
 from typing import Any, Sequence
 
 from ..answers import extract_answer, is_correct
 from ..backends.base import Backend, Generation, generate_in_batches
 from ..data import Problem, check_problems
 from ..evaluate import summarize
-from ..runs import Run, RunError, append_jsonl, config_hash, read_jsonl, reuse
+from ..runs import Run, reuse
 from ..prompts import SELFBUDGETER, VANILLA_COT
 from ..tokens import count_tokens
 from .data import BuildReport, GRPOPrompt, SFTExample
 from .rewards import parse_selfbudgeter
 
-__all__ = ["preset_prefix", "format_answer", "labelled_answer", "build_cold_start", "grpo_prompts",
+__all__ = ["preset_prefix", "format_answer", "labelled_answer", "build_cold_start", "cold_start_run", "grpo_prompts",
            "evaluate_selfbudgeter", "summarize_selfbudgeter", "selfbudgeter_run", "preset_sweep"]
 
 
@@ -62,50 +62,29 @@ def labelled_answer(solution: str, n_output_tokens: int, tokenizer=None) -> tupl
 
 
 def _sample_rounds(backend: Backend, problems: Sequence[Problem], *, samples: int, max_new_tokens: int,
-                   temperature: float, batch_size: int | None, samples_path: str | Path | None
-                   ) -> dict[tuple[int, str], Generation]:
-    """Every (round k, problem id) → vanilla-CoT generation. With `samples_path`, each chunk of
-    generations is appended to that JSONL as it finishes, and rows already there are reused, so an
-    interrupted run resumes where it stopped (a repeated run with other settings is refused)."""
-    fingerprint = config_hash({"max_new_tokens": max_new_tokens, "temperature": temperature,
-                               "backend": backend.identity()})
-    path = Path(samples_path) if samples_path is not None else None
+                   temperature: float, batch_size: int | None) -> dict[tuple[int, str], Generation]:
+    """Every (round k, problem id) → vanilla-CoT generation (sampled rounds: seed k)."""
     done: dict[tuple[int, str], Generation] = {}
-    for lineno, row in enumerate(read_jsonl(path, repair=True) if path else [], start=1):
-        if row.get("fingerprint") != fingerprint:
-            raise RunError(f"{path}:{lineno}: cold-start samples made with other settings (model, max_new_tokens or "
-                           "temperature); use another samples_path")
-        done[(row["k"], row["id"])] = Generation(row["text"], row["n_output_tokens"], row["finish_reason"])
-    chunk = max((batch_size or len(problems)) * 4, 1) if path else max(len(problems), 1)
     for k in range(samples):
-        todo = [p for p in problems if (k, p.id) not in done]
-        for start in range(0, len(todo), chunk):
-            part = todo[start:start + chunk]
-            gens = generate_in_batches(backend, [VANILLA_COT.render(p.question) for p in part],
-                                       max_new_tokens=max_new_tokens, batch_size=batch_size,
-                                       temperature=temperature, seed=k)  # sampled: seed k per round
-            done.update({(k, p.id): g for p, g in zip(part, gens, strict=True)})
-            if path:
-                append_jsonl(path, ({"k": k, "id": p.id, "text": g.text, "n_output_tokens": g.n_output_tokens,
-                                     "finish_reason": g.finish_reason, "fingerprint": fingerprint}
-                                    for p, g in zip(part, gens)))
+        gens = generate_in_batches(backend, [VANILLA_COT.render(p.question) for p in problems],
+                                   max_new_tokens=max_new_tokens, batch_size=batch_size,
+                                   temperature=temperature, seed=k)
+        done.update({(k, p.id): g for p, g in zip(problems, gens, strict=True)})
     return done
 
 
 def build_cold_start(backend: Backend, problems: Sequence[Problem], *, max_new_tokens: int, samples: int = 1,
-                     temperature: float = 0.0, batch_size: int | None = None,
-                     samples_path: str | Path | None = None) -> tuple[list[SFTExample], BuildReport]:
+                     temperature: float = 0.0, batch_size: int | None = None) -> tuple[list[SFTExample], BuildReport]:
     """Cold-start SFT data: for each problem, `samples` vanilla-CoT answers
     (greedy when 1), the correct and finished ones kept, each labelled with
     its own length as the budget (`labelled_answer`, with the backend's
-    tokenizer when it has one). With `samples_path` the raw answers are
-    written there as they come and reused on a rerun (resumable). Raises
-    when none is left."""
+    tokenizer when it has one). Raises when none is left. `cold_start_run`
+    makes it a resumable run."""
     check_problems(problems, "build cold-start data from")
     if samples < 1 or (samples > 1 and temperature <= 0):
         raise ValueError("samples must be >= 1, and more than one sample needs temperature > 0")
     gens = _sample_rounds(backend, problems, samples=samples, max_new_tokens=max_new_tokens,
-                          temperature=temperature, batch_size=batch_size, samples_path=samples_path)
+                          temperature=temperature, batch_size=batch_size)
     report = BuildReport(n_results=len(problems) * samples)
     tokenizer = getattr(backend, "tokenizer", None)
     examples, seen = [], set()
@@ -127,6 +106,22 @@ def build_cold_start(backend: Backend, problems: Sequence[Problem], *, max_new_t
     if not examples:
         raise ValueError(f"no cold-start examples: none of {report.n_results} answers was correct ({report.skipped})")
     return examples, report
+
+
+def cold_start_run(backend: Backend, problems: Sequence[Problem], *, max_new_tokens: int, dataset: str,
+                   profile: str, samples: int = 1, temperature: float = 0.0, batch_size: int | None = None,
+                   step: str = "07_selfbudgeter", root=None):
+    """`build_cold_start` as a run (`training.data.data_run`) keyed by the backend, the question ids,
+    `samples`, `temperature`, `max_new_tokens` and the templates: built once, its answers kept as they
+    arrive (sampled ones too), reused afterwards. Returns (examples, run)."""
+    from .data import data_run
+
+    config = {"data": "selfbudgeter_cold_start", "samples": samples, "temperature": temperature,
+              "max_new_tokens": max_new_tokens, "templates": [VANILLA_COT.text, SELFBUDGETER.text]}
+    build = partial(build_cold_start, problems=problems, max_new_tokens=max_new_tokens, samples=samples,
+                    temperature=temperature, batch_size=batch_size)
+    return data_run(step, config, build, label="SelfBudgeter cold-start data", backend=backend, problems=problems,
+                    dataset=dataset, profile=profile, root=root)
 
 
 def grpo_prompts(problems: Sequence[Problem], cold_start: Sequence[SFTExample]) -> list[GRPOPrompt]:
