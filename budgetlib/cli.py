@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--recipe", required=True, help="a YAML path or a shipped recipe name (tale_pt_sft, tale_pt_dpo, "
                                                    "selfbudgeter_sft, selfbudgeter_grpo)")
     t.add_argument("--profile", default="smoke", choices=("smoke", "full"))
-    t.add_argument("--data", required=True, help="JSONL written by budgetlib.training.data.save_jsonl")
+    t.add_argument("--data", required=True,
+                   help="JSONL of training items, e.g. a training-data run's items.jsonl (training.data.data_run)")
     t.add_argument("--model", default=None, help="base model: hub id or local safetensors dir (default: embedded)")
     t.add_argument("--out", required=True, help="output directory (checkpoints, adapter/)")
     t.add_argument("--max-steps", type=int, default=None)
