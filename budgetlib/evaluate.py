@@ -13,15 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from .answers import extract_answer, is_correct
-from .backends.base import Backend, generate_in_batches
+from .backends.base import Backend, Generation, generate_in_batches
 from .data import Problem, check_problems
 from .estimators import BudgetEstimate, BudgetEstimator
-from .prompts import BUDGET_WORDINGS, BUDGETED_COT, DIRECT, VANILLA_COT, PromptTemplate
+from .prompts import ANSWER_CUE, BUDGET_WORDINGS, BUDGETED_COT, DIRECT, VANILLA_COT, PromptTemplate
 from .runs import Run, reuse
-from .tokens import DEFAULT_PRICES, PriceTable, expense
+from .tokens import DEFAULT_PRICES, PriceTable, count_tokens, expense
 
 __all__ = ["Method", "Evaluation", "evaluate", "evaluate_run", "compare_methods", "summarize", "wilson_interval",
-           "paired_comparison", "DIRECT_ANSWER", "VANILLA", "budgeted", "estimated"]
+           "paired_comparison", "DIRECT_ANSWER", "VANILLA", "budgeted", "estimated", "forced", "force_answers",
+           "text_tokens"]
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,9 @@ class Method:
     """A prompting method: a template and, for budgeted CoT, either a fixed
     stated budget or an estimator that gives one per question (TALE-EP,
     learned, oracle). An estimate without a budget (a recorded fallback)
-    answers with vanilla CoT. `label` is the human name its runs record
+    answers with vanilla CoT. With `forced` (budget forcing, `forced`), the
+    prompt states no budget: the answer's reasoning is cut at `budget` tokens
+    and the answer is forced after it. `label` is the human name its runs record
     (what `results` shows): by default the name's, e.g. "vanilla CoT",
     "fixed budget β=50 (words)"."""
 
@@ -38,6 +41,7 @@ class Method:
     budget: int | None = None
     estimator: BudgetEstimator | None = field(default=None, compare=False)
     label: str = field(default="", compare=False)
+    forced: bool = False
 
     def __post_init__(self):
         if not self.label:
@@ -45,10 +49,17 @@ class Method:
         if self.budget is not None and self.estimator is not None:
             raise ValueError(f"method {self.name!r}: give a fixed budget or an estimator, not both")
         has_budget = self.budget is not None or self.estimator is not None
-        if self.template.needs_budget != has_budget:
+        if self.forced:
+            if not has_budget or self.template.needs_budget:
+                raise ValueError(f"method {self.name!r}: budget forcing needs a budget and a template that "
+                                 "states none")
+            if self.budget is not None and (isinstance(self.budget, bool) or not isinstance(self.budget, int)
+                                            or self.budget < 1):
+                raise ValueError(f"method {self.name!r}: budget must be a positive integer, got {self.budget!r}")
+        elif self.template.needs_budget != has_budget:
             raise ValueError(f"method {self.name!r}: template {self.template.name!r} "
                              f"{'needs' if self.template.needs_budget else 'takes no'} budget")
-        if self.budget is not None:
+        if self.budget is not None and not self.forced:
             self.template.render("", self.budget)  # validates the budget
 
     def estimates(self, problems: Sequence[Problem]) -> list[BudgetEstimate]:
@@ -62,6 +73,8 @@ class Method:
 
     def prompt(self, problem: Problem, estimate: BudgetEstimate | None = None) -> str:
         budget = self.budget if estimate is None else estimate.budget
+        if self.forced:
+            return self.template.render(problem.question)
         if self.template.needs_budget and budget is None:
             return VANILLA_COT.render(problem.question)
         return self.template.render(problem.question, budget if self.template.needs_budget else None)
@@ -81,6 +94,58 @@ def budgeted(budget: int, wording: str = "tokens") -> Method:
     suffix = "" if wording == "tokens" else f"_{wording}"
     label = f"fixed budget β={budget}" + ("" if wording == "tokens" else f" ({wording})")
     return Method(f"budget_{budget}{suffix}", BUDGET_WORDINGS[wording], budget, label=label)
+
+
+def forced(budget: int) -> Method:
+    """Budget forcing (training-free; s1's budget forcing, our adaptation): the vanilla CoT prompt,
+    the reasoning cut at `budget` output tokens, then `prompts.ANSWER_CUE` appended and the answer
+    generated after it (`force_answers`). An answer that ends within the budget is kept as it is.
+    Named ``forced_<β>``, labelled "budget forcing β=<β>"."""
+    return Method(f"forced_{budget}", VANILLA_COT, budget, label=f"budget forcing β={budget}", forced=True)
+
+
+def text_tokens(backend: Backend, text: str) -> int:
+    """Tokens of `text` under the backend's tokenizer (HF `tokenizer`, or a `count_tokens` method such as
+    llama-server's), else whitespace words (the scripted fake's tokens)."""
+    tokenizer = getattr(backend, "tokenizer", None)
+    if tokenizer is not None:
+        return count_tokens(tokenizer, text)
+    counter = getattr(backend, "count_tokens", None)
+    return counter(text) if callable(counter) else len(text.split())
+
+
+ANSWER_TOKENS = 24  # the forced answer's own tokens: enough for a number and its closing "]]"
+
+
+def force_answers(backend: Backend, prompts: Sequence[str], budgets: Sequence[int], *,
+                  answer_tokens: int = ANSWER_TOKENS,
+                  cue: str = ANSWER_CUE) -> list[tuple[Generation, bool]]:
+    """Budget forcing: each prompt's answer generated up to its budget; one that hits the budget gets
+    `cue` appended (a prefill of the assistant turn) and up to `answer_tokens` more tokens, its answer.
+    Returns (generation, forced) per prompt: the text is reasoning + cue + answer, `n_output_tokens`
+    counts all three (the cue with the backend's tokenizer, `text_tokens`: everything the reader pays
+    for), `finish_reason` is that of the last phase ("length" only if the answer did not end)."""
+    if len(prompts) != len(budgets):
+        raise ValueError(f"got {len(budgets)} budgets for {len(prompts)} prompts")
+    out: list[tuple[Generation, bool] | None] = [None] * len(prompts)
+    cut: list[tuple[int, Generation]] = []
+    for budget in sorted(set(budgets)):
+        idx = [i for i, b in enumerate(budgets) if b == budget]
+        for i, g in zip(idx, generate_in_batches(backend, [prompts[i] for i in idx], max_new_tokens=budget)):
+            if g.finish_reason == "length":
+                cut.append((i, g))
+            else:
+                out[i] = (g, False)
+    if cut:
+        cue_tokens = text_tokens(backend, cue)
+        answers = backend.generate([prompts[i] for i, _ in cut], max_new_tokens=answer_tokens,
+                                   assistant_prefix=[g.text + cue for _, g in cut])
+        if len(answers) != len(cut):
+            raise RuntimeError(f"backend {backend.model_id!r} returned {len(answers)} generations for {len(cut)}")
+        for (i, g), a in zip(cut, answers):
+            out[i] = (Generation(g.text + cue + a.text, g.n_output_tokens + cue_tokens + a.n_output_tokens,
+                                 a.finish_reason), True)
+    return out  # type: ignore[return-value]
 
 
 def estimated(name: str, estimator: BudgetEstimator, label: str | None = None) -> Method:
@@ -110,7 +175,8 @@ def summarize(rows: Sequence[dict[str, Any]], *, model: str | None = None,
               prices: PriceTable = DEFAULT_PRICES) -> dict[str, Any]:
     """Accuracy with its Wilson 95% interval, mean/median output tokens, the
     rates of unparseable answers and truncated outputs; with budgets, the
-    share of answers within their stated budget and of fallbacks; the
+    share of answers within their stated budget and of fallbacks; the share
+    of answers whose reasoning was cut and answer forced (budget forcing); the
     estimator's own tokens; and, with `model`, the dollar expense of all
     output tokens (answers + estimator) at that model's output price."""
     n = len(rows)
@@ -130,6 +196,7 @@ def summarize(rows: Sequence[dict[str, Any]], *, model: str | None = None,
         "total_output_tokens": sum(tokens),
         "unparseable_rate": sum(r["prediction"] is None for r in rows) / n,
         "truncated_rate": sum(r["finish_reason"] == "length" for r in rows) / n,
+        "forced_rate": sum(bool(r.get("forced")) for r in rows) / n,
     }
     budgeted_rows = [r for r in rows if r.get("budget") is not None]
     estimator_tokens = sum(r.get("estimator_tokens", 0) for r in rows)
@@ -172,12 +239,17 @@ def evaluate(backend: Backend, problems: Sequence[Problem], method: Method, *, m
         by_id = dict(zip(ids, estimates))
     for start in range(0, len(todo), chunk_size):
         chunk = todo[start:start + chunk_size]
-        gens = generate_in_batches(backend, [method.prompt(p, by_id[p.id]) for p in chunk],
-                                   max_new_tokens=max_new_tokens)
+        prompts = [method.prompt(p, by_id[p.id]) for p in chunk]
+        if method.forced:
+            pairs = force_answers(backend, prompts, [min(by_id[p.id].budget or max_new_tokens, max_new_tokens)
+                                                     for p in chunk])
+        else:
+            pairs = [(g, False) for g in generate_in_batches(backend, prompts, max_new_tokens=max_new_tokens)]
         rows = []
-        for p, g in zip(chunk, gens):
+        for p, (g, was_forced) in zip(chunk, pairs):
             prediction, est = extract_answer(g.text), by_id[p.id]
-            rows.append({"id": p.id, "method": method.name, "budget": est.budget, "budget_source": est.source,
+            rows.append({"id": p.id, "method": method.name, "forced": was_forced, "budget": est.budget,
+                         "budget_source": est.source,
                          "estimator_tokens": est.cost_tokens, "gold": p.answer, "prediction": prediction,
                          "correct": is_correct(prediction, p.answer), "n_output_tokens": g.n_output_tokens,
                          "finish_reason": g.finish_reason, "output": g.text, "estimator_output": est.raw})
@@ -205,6 +277,8 @@ def evaluate_run(backend: Backend, problems: Sequence[Problem], method: Method, 
               "ids": [p.id for p in problems]}
     if method.estimator is not None:  # a run is defined by the budgets it was given
         config["estimates"] = [[e.budget, e.source] for e in estimates]
+    if method.forced:  # budget forcing: how the answer is forced decides it too
+        config["forced"] = {"cue": ANSWER_CUE, "answer_tokens": ANSWER_TOKENS}
 
     def compute(run: Run) -> Evaluation:
         return evaluate(backend, problems, method, max_new_tokens=max_new_tokens, run=run, estimates=estimates)

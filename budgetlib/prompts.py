@@ -13,7 +13,7 @@ import string
 from dataclasses import dataclass
 
 __all__ = ["PromptTemplate", "ANSWER_FORMAT", "DIRECT", "VANILLA_COT", "BUDGETED_COT", "BUDGETED_COT_WORDS",
-           "BUDGETED_COT_STRICT", "BUDGET_WORDINGS", "TALE_EP_ESTIMATE", "SELFBUDGETER", "TEMPLATES", "render_chat",
+           "BUDGETED_COT_STRICT", "BUDGET_WORDINGS", "TALE_EP_ESTIMATE", "SELFBUDGETER", "TEMPLATES", "ANSWER_CUE", "render_chat",
            "RENDERINGS", "DEFAULT_RENDERING", "TALE_SYSTEM", "chat_messages", "render_raw", "check_rendering"]
 
 ANSWER_FORMAT = ("Please give the response by strictly following this format: [[answer]], "
@@ -80,6 +80,10 @@ SELFBUDGETER = PromptTemplate(
     "<budget>N</budget>. Then solve the problem within that budget inside "
     "<solution>...</solution>, ending with the final answer as [[answer]].",
 )
+
+# Budget forcing (s1's idea, our wording): when the reasoning reaches its budget, this is appended to it and
+# the model writes only the answer after it, in the format every prompt asks for ("Answer: [[50]]").
+ANSWER_CUE = "\n\nAnswer: [["
 
 TEMPLATES = {t.name: t for t in (DIRECT, VANILLA_COT, BUDGETED_COT, BUDGETED_COT_WORDS, BUDGETED_COT_STRICT,
                                   TALE_EP_ESTIMATE, SELFBUDGETER)}

@@ -154,3 +154,31 @@ def test_append_csv_appends_and_never_mixes_columns(tmp_path):
     assert len(kept) == 1 and len(list(csv.DictReader(kept[0].open()))) == 3
     with pytest.raises(ValueError, match="no rows"):
         append_csv(path, [])
+
+
+def test_budget_forcing_cuts_the_reasoning_and_forces_the_answer(problems):
+    from budgetlib.evaluate import forced
+    from budgetlib.prompts import ANSWER_CUE
+
+    def respond(prompt, max_new_tokens, temperature, seed, prefix):
+        if prefix is not None:  # the forced answer: 7, then the closing brackets
+            assert prefix.endswith(ANSWER_CUE) and len(prefix.split()) == 10 + 2
+            return "7]] done"
+        n = 5 if "Jun" in prompt else 40  # one question reasons briefly, the others at length
+        return " ".join(["step"] * n) + " Answer: [[3]]"
+
+    backend = FakeBackend(respond)
+    ev = evaluate(backend, problems[:4], forced(10), max_new_tokens=64)
+    short = [r for r in ev.rows if "Jun" in problems[[p.id for p in problems].index(r["id"])].question]
+    for row in ev.rows:
+        if row in short:  # ended within its budget: kept as it was
+            assert (row["forced"], row["n_output_tokens"], row["prediction"]) == (False, 7, "3")
+        else:  # 10 reasoning tokens + the cue's 2 + the answer's 2
+            assert (row["forced"], row["n_output_tokens"], row["prediction"]) == (True, 14, "7")
+            assert row["output"] == " ".join(["step"] * 10) + ANSWER_CUE + "7]] done"
+            assert row["finish_reason"] == "stop"
+    assert 0 < len(short) < 4 and ev.summary["forced_rate"] == (4 - len(short)) / 4
+    assert ev.summary["truncated_rate"] == 0
+    assert forced(10).label == "budget forcing β=10" and "budget" not in forced(10).prompt(problems[0])
+    with pytest.raises(ValueError, match="budget forcing needs a budget"):
+        Method("f", VANILLA.template, forced=True)

@@ -140,6 +140,10 @@ class LlamaServerBackend:
         with ThreadPoolExecutor(max_workers=min(self.parallel, len(jobs))) as pool:
             return list(pool.map(lambda job: self._one(*job), jobs))
 
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` under the model's tokenizer (no special tokens parsed)."""
+        return len(self._request("POST", "/tokenize", {"content": text})["tokens"])
+
     # --- internals --------------------------------------------------------
     def _one(self, text: str, max_new_tokens: int, temperature: float, seed: int) -> Generation:
         body = {"prompt": text, "n_predict": max_new_tokens, "temperature": temperature, "seed": seed,
