@@ -10,7 +10,8 @@ occurrence of the first kind that is present:
 5. the last number anywhere in the text.
 
 Numbers are normalised (thousands separators, ``$``, ``%``, trailing periods,
-``+``/unicode minus signs, ``5.0`` -> ``5``, simple fractions ``3/4`` -> ``0.75``)
+``+``/unicode minus signs, ``5.0`` -> ``5``, simple fractions ``3/4`` -> ``0.75``,
+scientific notation ``1e3``, ``2.5E-2``, ``1.2 x 10^3`` -> ``1000``, ``0.025``, ``1200``)
 so that `is_correct` can compare them numerically.
 """
 
@@ -30,6 +31,7 @@ _NUMBER = re.compile(
     r"(?P<sign>[-+\u2212]?)\$?"
     r"(?P<int>\d{1,3}(?:,\d{3})+|\d+)?"
     r"(?P<dec>\.\d+)?"
+    r"(?:(?:[eE](?P<exp>[-+]?\d{1,3})|\s?(?:[x×*]|\\times)\s?10\s?\^\s?\{?(?P<pow>[-+]?\d{1,3})\}?)(?![\w.]))?"
     r"(?:\s?/\s?(?P<den>\d+(?:\.\d+)?))?"
     r"\s?%?"
 )
@@ -56,6 +58,9 @@ def _numbers(text: str) -> list[str]:
 
 def _to_decimal(m: re.Match) -> Decimal | None:
     value = Decimal((m.group("int") or "0").replace(",", "") + (m.group("dec") or ""))
+    exponent = m.group("exp") or m.group("pow")
+    if exponent is not None:  # 1e3, 2.5E-2, 1.2 x 10^3, 1.2 \times 10^{3}
+        value = value.scaleb(int(exponent))
     den = m.group("den")
     if den is not None:
         if Decimal(den) == 0:

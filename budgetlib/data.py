@@ -331,6 +331,8 @@ def _problems(rows: Iterable[tuple[str, Any]], *, source: str, split: str,
             if field not in row:
                 raise DataError(f"{location}: missing field {field!r}; keys present: {sorted(row)}")
         question = join([str(row[f]).strip() for f in fields])
+        if not question.strip():
+            raise DataError(f"{location}: field {' + '.join(map(repr, fields))} is empty: a question needs text")
         pid = str(row[id_field]) if id_field else f"{source}:{split}:{index}"
         try:
             answer = gold(row[answer_field])
@@ -341,6 +343,8 @@ def _problems(rows: Iterable[tuple[str, Any]], *, source: str, split: str,
                 raise
             skipped.append((pid, row[answer_field]))
             continue
+        if not str(answer).strip():
+            raise DataError(f"{location}: field {answer_field!r} is empty: a question needs a gold answer")
         if pid in seen:
             raise DataError(f"{location}: duplicate id {pid!r} in field {id_field!r}")
         seen.add(pid)

@@ -29,11 +29,12 @@ import os
 import platform
 import subprocess
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 from .paths import project_root
 
@@ -166,11 +167,11 @@ class Run:
 
     @property
     def config(self) -> dict[str, Any]:
-        return json.loads((self.dir / "config.json").read_text())
+        return _read_json(self.dir / "config.json")
 
     @property
     def metadata(self) -> dict[str, Any]:
-        return json.loads((self.dir / "metadata.json").read_text())
+        return _read_json(self.dir / "metadata.json")
 
     @property
     def label(self) -> str | None:
@@ -179,7 +180,7 @@ class Run:
 
     def artifact(self, name: str) -> Path:
         """The path of an artefact of this run (an adapter, training data, ...) inside its directory."""
-        if not name or "/" in name or name in ("config.json", "metadata.json", "items.jsonl", "summary.json"):
+        if not name or "/" in name or name in ("config.json", "metadata.json", "items.jsonl", "summary.json", "lock"):
             raise RunError(f"{self.dir}: {name!r} is not an artefact name")
         return self.dir / name
 
@@ -218,7 +219,39 @@ class Run:
     def summary(self) -> dict[str, Any]:
         if not self.finished:
             raise RunError(f"{self.dir} has no summary yet (unfinished run)")
-        return json.loads(self.summary_path.read_text())
+        return _read_json(self.summary_path)
+
+    @contextmanager
+    def writing(self) -> Iterator["Run"]:
+        """Hold this run's lock file (``lock``, with this process's pid) while writing to it: another
+        process that tries to write the same run gets a RunError naming the run and the pid holding it;
+        a lock left by a dead process is taken over with a warning. Re-entrant in one process."""
+        lock = self.dir / "lock"
+        me = os.getpid()
+        while True:
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    holder = int(lock.read_text().split()[0])
+                except (OSError, ValueError, IndexError):
+                    holder = None  # being written right now, or garbage: check again
+                if holder == me:
+                    yield self
+                    return
+                if holder is not None and _alive(holder):
+                    raise RunError(f"{self.dir} is being written by process {holder} (its lock file {lock}); "
+                                   "wait for it to finish, or stop it") from None
+                log.warning("%s: taking over the lock of process %s, which is no longer running", self.dir, holder)
+                lock.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{me} {platform.node()}\n")
+            break
+        try:
+            yield self
+        finally:
+            lock.unlink(missing_ok=True)
 
     def finish(self, summary: dict[str, Any], *, overwrite: bool = False) -> None:
         """Write summary.json atomically; refuses to replace an existing one unless `overwrite`."""
@@ -250,13 +283,17 @@ def open_run(run_dir: str | Path, config: dict[str, Any], *, metadata: dict[str,
     normalised = json.loads(json.dumps(config, sort_keys=True, default=str))
     described = {k: v for k, v in (("label", label), ("kind", kind), ("dataset", dataset)) if v is not None}
     if config_path.exists():
-        existing = json.loads(config_path.read_text())
+        existing = _read_json(config_path)
         if existing != normalised:
             changed = sorted(k for k in set(existing) | set(normalised) if existing.get(k) != normalised.get(k))
             raise RunError(f"{run_dir} holds a run with a different config (differs in {changed}); "
                            "use another run_id or remove that directory")
         run = Run(run_dir)
-        meta = run.metadata
+        meta = _read_json(run_dir / "metadata.json") if (run_dir / "metadata.json").exists() else {}
+        theirs, ours = (meta.get("versions") or {}).get("budgetlib"), _budgetlib_version()
+        if theirs != ours:
+            log.warning("%s was written by budgetlib %s, this is %s: reusing it because its config (every input "
+                        "that decides its result) is the same", run_dir, theirs, ours)
         if any(meta.get(k) != v for k, v in described.items()):
             log.info("%s: recording %s (was %s)", run_dir, described, {k: meta.get(k) for k in described})
             _write_json(run_dir / "metadata.json", {**meta, **described})
@@ -267,6 +304,32 @@ def open_run(run_dir: str | Path, config: dict[str, Any], *, metadata: dict[str,
     (run_dir / "metadata.json").write_text(json.dumps(meta, indent=2, default=str))
     _write_json(config_path, normalised)  # config.json last: its presence means the run is set up
     return Run(run_dir)
+
+
+def _alive(pid: int) -> bool:
+    """Whether process `pid` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_json(path: Path) -> Any:
+    """A run's JSON file, or a RunError naming it when it is corrupt (cut off, edited, another format)."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunError(f"{path}: corrupt run file ({exc}); move that run directory away to recompute it") from None
+
+
+def _budgetlib_version() -> str | None:
+    try:
+        return importlib_metadata.version("budgetlib")
+    except importlib_metadata.PackageNotFoundError:
+        return None
 
 
 def _write_json(path: Path, value: Any) -> None:
@@ -297,7 +360,8 @@ def reuse(step: str, config: dict[str, Any], compute: Callable[[Run], Any], load
            else start_run(step, config, metadata=meta, root=root, label=label, kind=kind, dataset=dataset))
     if run.finished:
         return load(run), run
-    value = compute(run)
+    with run.writing():
+        value = compute(run)
     if not run.finished:
         raise RunError(f"{run.dir}: the {kind} step returned without finishing its run (no summary.json)")
     return value, run

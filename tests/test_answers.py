@@ -300,3 +300,16 @@ def test_normalize_answer(text, expected):
 ])
 def test_review_regressions(text, gold, expected):
     assert is_correct(extract_answer(text), gold) is expected
+
+
+@pytest.mark.parametrize("text, gold", [
+    ("Answer: [[1e3]]", "1000"), ("[[1.5E3]]", "1500"), ("[[2.5e-2]]", "0.025"), ("[[1.2 x 10^3]]", "1200"),
+    (r"\boxed{1.2 \times 10^{3}}", "1200"), ("so there are 3e5 grains", "300000"), ("[[1e3 dollars]]", "1000"),
+])
+def test_scientific_notation_is_the_number_it_means(text, gold):
+    assert extract_answer(text) == gold and is_correct(extract_answer(text), "1000" if gold == "1000" else gold)
+
+
+@pytest.mark.parametrize("text, answer", [("[[5e]]", "5"), ("item e5 costs 4", "4"), ("[[3 x 10]]", "3 x 10")])
+def test_things_that_only_look_like_exponents_are_not(text, answer):
+    assert extract_answer(text) == answer

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -102,6 +103,19 @@ def test_missing_field_names_field_and_keys(tmp_path):
     with pytest.raises(DataError) as err:
         data.load(path)
     assert "m.jsonl:2" in str(err.value) and "'question'" in str(err.value) and "['answer', 'prompt']" in str(err.value)
+
+
+@pytest.mark.parametrize("row, message", [
+    ('{"question": "   ", "answer": 1}', "e.jsonl:2: field 'question' is empty: a question needs text"),
+    ('{"question": "", "answer": 1}', "e.jsonl:2: field 'question' is empty"),
+    ('{"question": "b?", "answer": "  "}', "e.jsonl:2: field 'answer': empty answer"),
+    ('{"question": "b?", "answer": "#### "}', "e.jsonl:2: field 'answer': empty answer"),
+])
+def test_an_empty_question_or_answer_names_file_line_and_field(tmp_path, row, message):
+    path = tmp_path / "e.jsonl"
+    path.write_text('{"question": "a?", "answer": 1}\n' + row + "\n")
+    with pytest.raises(DataError, match=re.escape(message)):
+        data.load(path)
 
 
 def test_empty_and_missing_files(tmp_path):

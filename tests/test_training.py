@@ -99,6 +99,25 @@ def test_recipe_errors(tmp_path):
     assert load_recipe("tale_pt_sft", gradient_accumulation_steps=2).identity() != smoke.identity()
 
 
+@pytest.mark.parametrize("text, message", [
+    ("smoke:\n  kind: sft\n  learning_rate: 1e-4\n",
+     r"bad\.yaml \[smoke\]: learning_rate must be a number, got '1e-4' \(str\) \(YAML reads 1e-4 as text"),
+    ("smoke:\n  kind: sft\n  batch_size: 2.5\n", r"\[smoke\]: batch_size must be a whole number, got 2\.5"),
+    ("smoke:\n  kind: sft\n  completion_only_loss: 'yes'\n", r"completion_only_loss must be true or false"),
+    ("smoke:\n  kind: sft\n  target_modules: 3\n", r"target_modules must be a string or a list of strings"),
+    ("smoke:\n  epochs: 2\n", r"bad\.yaml \[smoke\]: missing key\(s\) \['kind'\]"),
+    ("smoke:\n  kind: grpo\n  reward: {s_c_min: high}\n", r"reward: s_c_min must be a number, got 'high'"),
+    ("smoke:\n  kind: sft\n  lora_r: 0\n", r"bad\.yaml \[smoke\]: lora_r must be >= 1, got 0"),
+    ("smoke: [1, 2]\n", r"bad\.yaml: expected profiles"),
+    ("smoke:\n  kind: sft\n   bad indent: 1\n", r"bad\.yaml: not valid YAML"),
+])
+def test_a_bad_recipe_names_file_profile_key_and_value(tmp_path, text, message):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(text)
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(bad)
+
+
 def test_beta_is_dpo_only_and_tale_s_value_by_default():
     from budgetlib.training.config import DPO_BETA, TrainConfig
 

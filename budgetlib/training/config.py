@@ -5,7 +5,7 @@ a frozen dataclass. Recipes shipped with budgetlib live in
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 from typing import Literal, Union
 
@@ -104,8 +104,38 @@ def _check_keys(values: dict, cls, where: str) -> None:
         raise RecipeError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
 
 
+def _check_types(values: dict, cls, where: str) -> None:
+    """Refuse a value of the wrong type for a field of `cls` (from its annotation), naming `where`,
+    the key, the value and the type expected: e.g. ``learning_rate: 1e-4`` is a string in YAML."""
+    expected = {f.name: str(f.type) for f in fields(cls)}
+    for key, value in values.items():
+        kind = expected.get(key, "")
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if kind.startswith("float"):
+            ok = number or (value is None and "None" in kind)
+            want = "a number"
+        elif kind.startswith("int"):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+            want = "a whole number"
+        elif kind == "bool":
+            ok, want = isinstance(value, bool), "true or false"
+        elif kind == "str":
+            ok, want = isinstance(value, str), "a string"
+        elif kind.startswith("Union[str"):
+            ok = isinstance(value, str) or (isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value))
+            want = "a string or a list of strings"
+        elif kind.startswith("RewardConfig"):
+            ok, want = value is None or isinstance(value, (dict, RewardConfig)), "a mapping"
+        else:
+            continue
+        if not ok:
+            hint = " (YAML reads 1e-4 as text: write 1.0e-4)" if isinstance(value, str) and "a number" in want else ""
+            raise RecipeError(f"{where}: {key} must be {want}, got {value!r} ({type(value).__name__}){hint}")
+
+
 def _reward(values: dict) -> RewardConfig:
     _check_keys(values, RewardConfig, "reward")
+    _check_types(values, RewardConfig, "reward")
     try:
         return RewardConfig(**values)
     except (TypeError, ValueError) as exc:
@@ -123,9 +153,22 @@ def load_recipe(recipe: str | Path, profile: str = "smoke", **overrides) -> Trai
     if not path.is_file():
         known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
         raise RecipeError(f"recipe not found: {path}; shipped recipes: {known}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, dict) for v in data.values()):
+        raise RecipeError(f"{path}: expected profiles (smoke, full, ...) each mapping keys to values")
     if profile not in data:
         raise RecipeError(f"{path}: no profile {profile!r}; it has {sorted(data)}")
     values = {**data[profile], **overrides}
-    _check_keys(values, TrainConfig, f"{path} [{profile}]")
-    return TrainConfig(**values)
+    where = f"{path} [{profile}]"
+    _check_keys(values, TrainConfig, where)
+    missing = [f.name for f in fields(TrainConfig) if f.default is MISSING and f.name not in values]
+    if missing:
+        raise RecipeError(f"{where}: missing key(s) {missing}")
+    _check_types(values, TrainConfig, where)
+    try:
+        return TrainConfig(**values)
+    except RecipeError as exc:
+        raise RecipeError(f"{where}: {exc}") from None

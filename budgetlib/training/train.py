@@ -196,14 +196,16 @@ def train_run(step: str, config: TrainConfig, items: Sequence[SFTExample | DPOPa
     if run.finished:
         log.info("%s: reusing the finished training run", run.dir)
         return _finished(run)
-    adapter = run.artifact("adapter")
-    if (adapter / "adapter_config.json").exists():  # saved, but killed before the summary was written
-        history = json.loads(run.artifact("log_history.json").read_text())
-        steps = max((h.get("step", 0) for h in history), default=0)
-        result = TrainResult(adapter, history, steps, None, run)
-    else:
-        result = train(config, items, run.dir, model=model, init_adapter=None if init is None else init.adapter_dir)
-        result.run = run
-    run.finish({"global_step": result.global_step, "adapter_sha256": adapter_digest(adapter),
-                "resumed_from": result.resumed_from})
+    with run.writing():  # one writer per run: a second process gets a clear error
+        adapter = run.artifact("adapter")
+        if (adapter / "adapter_config.json").exists():  # saved, but killed before the summary was written
+            history = json.loads(run.artifact("log_history.json").read_text())
+            steps = max((h.get("step", 0) for h in history), default=0)
+            result = TrainResult(adapter, history, steps, None, run)
+        else:
+            result = train(config, items, run.dir, model=model,
+                           init_adapter=None if init is None else init.adapter_dir)
+            result.run = run
+        run.finish({"global_step": result.global_step, "adapter_sha256": adapter_digest(adapter),
+                    "resumed_from": result.resumed_from})
     return result
