@@ -265,7 +265,7 @@ def evaluate(backend: Backend, problems: Sequence[Problem], method: Method, *, m
 
 def evaluate_run(backend: Backend, problems: Sequence[Problem], method: Method, *, max_new_tokens: int,
                  dataset: str, profile: str, step: str = "evaluate", root=None,
-                 label: str | None = None) -> Evaluation:
+                 label: str | None = None, chunk_size: int = 64) -> Evaluation:
     """`evaluate` inside a run (`runs.reuse`) keyed by a hash of its config, so the
     same evaluation is computed once and reused (or resumed) afterwards. The run
     records `label` (default the method's; e.g. "TALE-PT SFT" for vanilla CoT on
@@ -280,8 +280,9 @@ def evaluate_run(backend: Backend, problems: Sequence[Problem], method: Method, 
     if method.forced:  # budget forcing: how the answer is forced decides it too
         config["forced"] = {"cue": ANSWER_CUE, "answer_tokens": ANSWER_TOKENS}
 
-    def compute(run: Run) -> Evaluation:
-        return evaluate(backend, problems, method, max_new_tokens=max_new_tokens, run=run, estimates=estimates)
+    def compute(run: Run) -> Evaluation:  # rows appended chunk by chunk, answers kept as they arrive
+        return evaluate(run.keep_answers(backend), problems, method, max_new_tokens=max_new_tokens, run=run,
+                        estimates=estimates, chunk_size=chunk_size)
 
     def load(run: Run) -> Evaluation:
         by_id = {row["id"]: row for row in run.items()}

@@ -214,6 +214,9 @@ class Run:
         their items at once and recompute them when interrupted)."""
         if self.finished:
             raise RunError(f"{self.dir} is finished (summary.json exists); its items are kept")
+        partial = read_jsonl(self.items_path)  # says so if the last line was torn by a kill
+        if partial:
+            log.info("%s: redoing the %d items an interrupted attempt had written", self.items_path, len(partial))
         self.items_path.unlink(missing_ok=True)
 
     def summary(self) -> dict[str, Any]:
