@@ -20,7 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 EOG = 7
 TURN = "<|im_start|>{role}\n{content}<|im_end|>\n"  # ChatML, as Qwen's template (no default system turn here)
 ACTIVE = {"now": 0, "max": 0}
-LOCK = threading.Lock()
+LOCK = threading.Condition()
 
 
 def main():
@@ -75,11 +75,21 @@ def main():
                 prompt = body["prompt"]
                 if "SEGFAULT" in prompt:
                     os.kill(os.getpid(), signal.SIGSEGV)
+                if "TOO_LONG" in prompt:  # what llama-server answers when prompt + n_predict exceed the slot
+                    self.reply({"error": {"code": 400, "type": "exceed_context_size_error",
+                                          "message": "the request exceeds the available context size, try "
+                                                     "increasing it", "n_prompt_tokens": 900, "n_ctx": n_ctx_slot}},
+                               400)
+                    return
                 with LOCK:
                     ACTIVE["now"] += 1
                     ACTIVE["max"] = max(ACTIVE["max"], ACTIVE["now"])
+                    LOCK.notify_all()
+                    # overlap with requests sent together: wait (briefly) until every slot is busy, so the
+                    # concurrency a test sees does not depend on how loaded the machine is
+                    LOCK.wait_for(lambda: ACTIVE["now"] >= args.np, timeout=0.5)
                 try:
-                    threading.Event().wait(0.05)  # long enough for concurrent requests to overlap
+                    threading.Event().wait(0.02)
                     if prompt.startswith("<|im_start|>"):
                         message = prompt.split("user\n", 1)[1].split("<|im_end|>", 1)[0]
                         prefix = prompt.rsplit("assistant\n", 1)[1]

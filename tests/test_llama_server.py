@@ -88,6 +88,13 @@ def test_each_rendering_is_what_the_model_reads_and_part_of_the_identity(fake_bi
         LlamaServerBackend(gguf, binary=str(exe), rendering="chat")
 
 
+def test_a_prompt_longer_than_the_context_is_a_clear_error_and_the_server_lives_on(backend):
+    with pytest.raises(LlamaServerError, match=r"exceed the slot's context \(512 tokens\): start the backend with "
+                                               r"a larger ctx_per_slot"):
+        backend.generate(["TOO_LONG " * 3], max_new_tokens=8)
+    assert backend.generate(["hi"], max_new_tokens=8)[0].text == "echo: hi"
+
+
 def test_a_crash_mid_run_is_reported_as_a_crash(backend):
     with pytest.raises(ServerCrashed, match=r"killed by signal SIGSEGV \(11\)"):
         backend.generate(["fine", "SEGFAULT please"], max_new_tokens=4)

@@ -113,6 +113,7 @@ class LlamaServerBackend:
         self.server = ServerProcess(cmd, f"{self.url}/health", name="llama-server", start_timeout=start_timeout)
         atexit.register(self.close)
         self._templates: dict[str, str] = {}
+        self.n_ctx_slot = ctx_per_slot
         props = self._request("GET", "/props")
         self.n_ctx_slot = int(props.get("default_generation_settings", {}).get("n_ctx", ctx_per_slot))
         self._eog = self._eog_ids()
@@ -177,6 +178,10 @@ class LlamaServerBackend:
                 return json.loads(r.read())
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:500]
+            if "exceed_context_size" in detail:
+                raise LlamaServerError(f"llama-server {path}: the prompt and max_new_tokens exceed the slot's context "
+                                       f"({self.n_ctx_slot} tokens): start the backend with a larger ctx_per_slot "
+                                       f"or shorten the prompt (server said: {detail})") from exc
             raise LlamaServerError(f"llama-server {path}: HTTP {exc.code}: {detail}") from exc
         except (urllib.error.URLError, OSError) as exc:
             self.server.check(grace=3.0)  # a crash is reported as a crash, with its signal and log tail
