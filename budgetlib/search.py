@@ -8,12 +8,14 @@ For each question: β0 = its vanilla-CoT output length. Then
   β0 (feasible: the vanilla answer) until ``hi - lo <= tolerance``; candidates
   below `min_budget` count as infeasible without asking the model.
 
-Feasible(β) is ``correct`` (the budgeted answer is right), or with
+Feasible(β) is ``correct`` (the budgeted answer is right and ended by
+itself: an answer cut at `max_new_tokens` is never feasible), or with
 ``elastic`` (TALE's default) also strictly fewer output tokens than at the
 last accepted budget — starting from the vanilla length.
 
-A question whose vanilla CoT is wrong has no optimal budget: it stays in the
-results with its reason. When no candidate below β0 is feasible, the optimal
+A question whose vanilla CoT is wrong, or was cut at `max_new_tokens` (its
+length is the cap's, so it cannot be β0), has no optimal budget: it stays in
+the results with its reason. When no candidate below β0 is feasible, the optimal
 budget is β0 with ``reduced = False`` and the vanilla answer's text/tokens.
 
 `search_budgets` sends every still-searching question's next candidate in one
@@ -53,6 +55,9 @@ log = logging.getLogger(__name__)
 STRATEGIES = ("halving", "binary")
 FEASIBILITIES = ("elastic", "correct")
 NO_VANILLA = "vanilla CoT answer is wrong"
+TRUNCATED_VANILLA = "vanilla CoT answer was cut at max_new_tokens"
+# bump when a decision rule changes, so runs searched under the old rule are not reused
+RULES = "v2: an answer cut at max_new_tokens is never beta0 and never feasible"
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class TraceStep:
     output_tokens: int
     correct: bool
     feasible: bool
+    truncated: bool = False  # cut at max_new_tokens: never feasible
 
 
 @dataclass
@@ -110,7 +116,10 @@ class _QuestionSearch:
     def __init__(self, problem: Problem, vanilla: Generation, config: SearchConfig):
         self.problem, self.config = problem, config
         self.vanilla_tokens = vanilla.n_output_tokens
-        self.vanilla_correct = is_correct(extract_answer(vanilla.text), problem.answer)
+        # a truncated answer is never β0: its length is the cap's, not the model's (and it is never feasible)
+        self.vanilla_truncated = vanilla.finish_reason == "length"
+        self.vanilla_correct = (not self.vanilla_truncated
+                                and is_correct(extract_answer(vanilla.text), problem.answer))
         self.trace: list[TraceStep] = []
         self.best_budget, self.best = self.vanilla_tokens, vanilla
         self.last_tokens = self.vanilla_tokens  # output tokens at the last accepted budget
@@ -144,8 +153,8 @@ class _QuestionSearch:
         if budget is None:
             raise RuntimeError("observe() without a pending candidate")
         correct = is_correct(extract_answer(gen.text), self.problem.answer)
-        feasible = correct and (self.config.feasibility == "correct" or gen.n_output_tokens < self.last_tokens)
-        self.trace.append(TraceStep(budget, gen.n_output_tokens, correct, feasible))
+        feasible = correct and gen.finish_reason != "length" and (self.config.feasibility == "correct" or gen.n_output_tokens < self.last_tokens)
+        self.trace.append(TraceStep(budget, gen.n_output_tokens, correct, feasible, gen.finish_reason == "length"))
         if feasible:
             self.best_budget, self.best, self.last_tokens = budget, gen, gen.n_output_tokens
             self.hi = budget
@@ -157,7 +166,8 @@ class _QuestionSearch:
     def result(self) -> BudgetSearchResult:
         if not self.vanilla_correct:
             return BudgetSearchResult(self.problem.id, self.vanilla_tokens, False, None, self.best.n_output_tokens,
-                                      self.best.text, False, [], NO_VANILLA)
+                                      self.best.text, False, [],
+                                      TRUNCATED_VANILLA if self.vanilla_truncated else NO_VANILLA)
         reduced = self.best_budget < self.vanilla_tokens
         return BudgetSearchResult(self.problem.id, self.vanilla_tokens, True, self.best_budget,
                                   self.best.n_output_tokens, self.best.text, reduced, self.trace,
@@ -313,6 +323,9 @@ def summarize_search(results: Sequence[BudgetSearchResult]) -> dict[str, Any]:
     return {
         "n": len(results),
         "n_vanilla_correct": n,
+        "n_vanilla_truncated": sum(r.reason == TRUNCATED_VANILLA for r in results),
+        "candidate_truncated_rate": (sum(t.truncated for r in searched for t in r.trace)
+                                     / max(1, sum(len(r.trace) for r in searched))),
         "n_reduced": sum(r.reduced for r in searched),
         "share_reduced": sum(r.reduced for r in searched) / n if n else None,
         "mean_vanilla_tokens": vanilla_tokens / n if n else None,
@@ -338,7 +351,8 @@ def search_config(backend: Backend, problems: Sequence[Problem], dataset: str, *
     results and are left out."""
     settings = {k: v for k, v in search_kwargs.items() if k in SearchConfig.__dataclass_fields__}
     return {"search": asdict(SearchConfig(**settings)), "backend": backend.identity(), "dataset": dataset,
-            "ids": [p.id for p in problems], "templates": [VANILLA_COT.text, BUDGETED_COT.text]}
+            "ids": [p.id for p in problems], "templates": [VANILLA_COT.text, BUDGETED_COT.text],
+            "rules": RULES}
 
 
 def search_run(backend: Backend, problems: Sequence[Problem], *, dataset: str, profile: str,

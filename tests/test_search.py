@@ -209,3 +209,24 @@ def test_result_row_round_trip():
     assert BudgetSearchResult.from_row(json.loads(json.dumps(r.to_row()))) == r
     with pytest.raises(ValueError):
         SearchConfig(tolerance=0)
+
+
+def test_a_truncated_answer_is_never_beta0_nor_feasible():
+    def respond(prompt, max_new_tokens, *rest):
+        if "q:0" in prompt:  # runs to the cap without budget, and at a budget too
+            return " ".join(["loop"] * 500)
+        if "less than" in prompt:  # q:1: right at 8, but its answer at 4 is cut off
+            budget = int(re.search(r"less than (\d+)", prompt).group(1))
+            return "step " * 2 + "Answer: [[1]]" if budget >= 8 else " ".join(["step"] * 100) + " Answer: [[1]]"
+        return " ".join(["step"] * 20) + " Answer: [[1]]"
+
+    problems = [Problem("q:0", "q:0", "1", "t"), Problem("q:1", "q:1", "1", "t")]
+    loop, cut = search_budgets(FakeBackend(respond), problems, max_new_tokens=60, progress=False)
+    assert (loop.optimal_budget, loop.vanilla_correct, loop.reason) == (None, False,
+                                                                        "vanilla CoT answer was cut at max_new_tokens")
+    assert [(t.budget, t.truncated, t.feasible) for t in cut.trace] == [(11, False, True), (5, True, False)]
+    assert cut.optimal_budget == 11
+    from budgetlib.search import summarize_search
+
+    summary = summarize_search([loop, cut])
+    assert summary["n_vanilla_truncated"] == 1 and summary["candidate_truncated_rate"] == 0.5
