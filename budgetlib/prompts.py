@@ -102,7 +102,10 @@ RENDERINGS = {
     "chat_default": "the chat template with no system message (the template's own default system prompt, if any)",
     "chat_empty": "the chat template with an empty system message",
 }
-DEFAULT_RENDERING = "chat_helpful"
+# Our reading: the default stays the chat template as it is. TALE's raw wrapper makes the 135M smoke model
+# answer with nothing (direct: 0 tokens, vanilla CoT: 30) and the embedded 0.5B ignore the budget; see LOG.md
+# (2026-12-04) for the n = 64 comparison. Pick a rendering per run with the backends' `rendering=`.
+DEFAULT_RENDERING = "chat_default"
 
 
 def check_rendering(rendering: str) -> str:

@@ -47,7 +47,7 @@ def test_is_a_backend_with_its_command_line(backend, tmp_path):
     assert argv[argv.index("--cache-ram") + 1] == "0" and "--no-kv-unified" in argv  # reproducible greedy answers
     assert backend.n_ctx_slot == 512
     assert backend.identity() == {"model": "tiny", "revision": None, "backend": "llama.cpp-server",
-                                  "dtype": "gguf", "device": "cpu", "rendering": "chat_helpful"}
+                                  "dtype": "gguf", "device": "cpu", "rendering": "chat_default"}
 
 
 def test_counts_exclude_the_end_of_generation_token(backend):
@@ -64,8 +64,7 @@ def test_keeps_order_and_runs_requests_concurrently(backend):
 
 
 def test_render_and_prefill(backend):
-    assert backend.render("hi") == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-                                    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n")
+    assert backend.render("hi") == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert backend.render("hi", "<budget>") == backend.render("hi") + "<budget>"
     (g,) = backend.generate(["hi"], max_new_tokens=8, assistant_prefix="<budget>")
     assert g.text == "(after <budget>) echo: hi"  # the prefix went into the prompt, not into the answer
@@ -74,7 +73,8 @@ def test_render_and_prefill(backend):
 
 @pytest.mark.parametrize("rendering, text", [
     ("tale_raw", "You are a helpful assistant.\nUser: hi\nAssistant:"),
-    ("chat_default", "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"),
+    ("chat_helpful", "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+                     "<|im_start|>assistant\n"),
     ("chat_empty", "<|im_start|>system\n<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"),
 ])
 def test_each_rendering_is_what_the_model_reads_and_part_of_the_identity(fake_binary, rendering, text):
@@ -145,8 +145,7 @@ def test_real_server_greedy_counts_match_the_tokenizer():
 
     binary = _real_binary()
     tok = AutoTokenizer.from_pretrained(embedded_model_dir())
-    # the template's own system prompt: the answers these counts were written against
-    with LlamaServerBackend("smollm2-135m", parallel=2, ctx_per_slot=1024, binary=binary, rendering="chat_default") as b:
+    with LlamaServerBackend("smollm2-135m", parallel=2, ctx_per_slot=1024, binary=binary) as b:
         short, free = b.generate(["Count from 1 to 50, one number per line.",
                                   "What is 2 + 2? Answer with one number."], max_new_tokens=24)
         assert (short.n_output_tokens, short.finish_reason) == (24, "length")

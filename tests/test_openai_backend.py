@@ -74,8 +74,10 @@ def test_429_then_success(fault_server):
     (g,) = backend_for(url).generate(["q"], max_new_tokens=16)
     assert (g.text, g.n_output_tokens, g.finish_reason) == ("echo: q", 5, "stop")
     assert len(seen) == 3 and seen[0]["max_tokens"] == 16
-    assert seen[0]["messages"] == [{"role": "system", "content": "You are a helpful assistant."},  # as TALE sends
-                                   {"role": "user", "content": "q"}]
+    assert seen[0]["messages"] == [{"role": "user", "content": "q"}]  # the default rendering: no system message
+    helpful = OpenAIBackend("m", base_url=url, api_key="k", rendering="chat_helpful", max_retries=0)
+    helpful.generate(["q"], max_new_tokens=4)
+    assert seen[-1]["messages"][0] == {"role": "system", "content": "You are a helpful assistant."}  # as TALE sends
 
 
 def test_500s_until_the_limit(fault_server):
