@@ -100,3 +100,7 @@ unit: install
 
 clean:
 	rm -rf results/notebooks .pytest_cache
+
+# the value of a variable, e.g. make -s print-MODEL_PINS (tests check the pins against budgetlib.models)
+print-%:
+	@echo $($*)

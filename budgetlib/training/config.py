@@ -151,7 +151,7 @@ def load_recipe(recipe: str | Path, profile: str = "smoke", **overrides) -> Trai
     if not path.suffix:
         path = RECIPES_DIR / f"{recipe}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+        known = sorted(p.stem for p in RECIPES_DIR.glob("*.yaml") if p.stem != "profiles")
         raise RecipeError(f"recipe not found: {path}; shipped recipes: {known}")
     try:
         data = yaml.safe_load(path.read_text()) or {}

@@ -12,19 +12,13 @@
   answer of the same question, both under the vanilla prompt; by default only
   pairs where chosen is strictly shorter than rejected.
 
-Training and evaluation questions must not overlap, by id, by normalised
-text, or by their problem statement: GSM8K-Zero was built from GSM8K's train
-questions by changing the final question, so a train question whose text
-before its last sentence (8 words or more) is a test question's counts as the
-same problem (2,886 of GSM8K-Zero's 2,978 questions share it with GSM8K
-train). `check_no_overlap` refuses, `drop_overlap` removes.
+Training and evaluation questions must not overlap: `budgetlib.data.check_no_overlap` and
+`drop_overlap` (re-exported here) check it by id, normalised text and problem statement.
 """
 
 from __future__ import annotations
 
 import json
-import re
-import unicodedata
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -32,74 +26,12 @@ from typing import Any, Sequence
 
 from ..answers import extract_answer, is_correct
 from ..backends.base import Backend, generate_in_batches
-from ..data import Problem, check_problems
+from ..data import LeakageError, Problem, check_no_overlap, check_problems, drop_overlap
 from ..prompts import BUDGETED_COT, VANILLA_COT
 
-__all__ = ["LeakageError", "normalize_question", "problem_statement", "check_no_overlap", "drop_overlap",
+__all__ = ["LeakageError", "check_no_overlap", "drop_overlap",
            "SFTExample", "DPOPair", "GRPOPrompt", "BuildReport", "build_sft_examples", "build_dpo_pairs", "data_run",
            "sft_data_run", "dpo_data_run", "results_hash", "rows_to_items", "load_jsonl", "to_dataset"]
-
-
-class LeakageError(ValueError):
-    """Training and evaluation questions overlap."""
-
-
-def normalize_question(text: str) -> str:
-    """Case-, accent-, punctuation- and whitespace-insensitive form of a question.
-
-    >>> normalize_question("  Janet’s ducks lay 16 eggs!\\n") == normalize_question("janet's Ducks lay 16 eggs")
-    True
-    """
-    text = re.sub(r"['\u2018\u2019`]", "", text)  # janet's, Janet’s -> janets
-    text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
-    return " ".join(re.sub(r"[^a-z0-9]+", " ", text).split())
-
-
-def problem_statement(text: str, min_words: int = 8) -> str | None:
-    """The normalised text before a question's last sentence (the thing asked),
-    or None when that is shorter than `min_words` words.
-
-    >>> problem_statement("Weng earns $12 an hour babysitting. Yesterday she did 50 minutes. How much did she earn?")
-    'weng earns 12 an hour babysitting yesterday she did 50 minutes'
-    >>> problem_statement("What is 2 + 3?") is None
-    True
-    """
-    sentences = re.split(r"(?<=[.!?])\s+", text.strip())
-    statement = normalize_question(" ".join(sentences[:-1]))
-    return statement if len(statement.split()) >= min_words else None
-
-
-def _overlap(train: Sequence[Problem], evaluation: Sequence[Problem]) -> list[tuple[Problem, Problem, str]]:
-    by_id = {p.id: p for p in evaluation}
-    by_text = {normalize_question(p.question): p for p in evaluation}
-    by_statement = {problem_statement(p.question): p for p in evaluation}
-    by_statement.pop(None, None)
-    found = []
-    for p in train:
-        statement = problem_statement(p.question)
-        if p.id in by_id:
-            found.append((p, by_id[p.id], "id"))
-        elif normalize_question(p.question) in by_text:
-            found.append((p, by_text[normalize_question(p.question)], "text"))
-        elif statement in by_statement:
-            found.append((p, by_statement[statement], "problem statement"))
-    return found
-
-
-def check_no_overlap(train: Sequence[Problem], evaluation: Sequence[Problem]) -> None:
-    """Raise `LeakageError` when a training question is an evaluation
-    question, by id, by normalised text or by its problem statement."""
-    found = _overlap(train, evaluation)
-    if found:
-        examples = "; ".join(f"{t.id} = {e.id} (same {how})" for t, e, how in found[:3])
-        raise LeakageError(f"{len(found)} training questions overlap the evaluation set, e.g. {examples}; "
-                           "use drop_overlap() to remove them")
-
-
-def drop_overlap(train: Sequence[Problem], evaluation: Sequence[Problem]) -> tuple[list[Problem], list[str]]:
-    """The training problems without those that overlap `evaluation`, and the dropped ids."""
-    dropped = {t.id for t, _, _ in _overlap(train, evaluation)}
-    return [p for p in train if p.id not in dropped], sorted(dropped)
 
 
 @dataclass(frozen=True)
