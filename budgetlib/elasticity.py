@@ -22,7 +22,7 @@ from typing import Sequence
 from .answers import extract_answer, is_correct
 from .backends.base import Backend, Generation, generate_in_batches
 from .backends.prefix_cache import prefix_sharing
-from .data import Problem, check_problems
+from .data import Problem, check_problems, problems_digest
 from .prompts import BUDGETED_COT, VANILLA_COT, PromptTemplate
 from .search import halving_ladder
 
@@ -155,7 +155,7 @@ def sweep_run(backend: Backend, problems: Sequence[Problem], budgets: Sequence[i
 
     identity = backend.identity()
     config = {"budgets": list(budgets), "max_new_tokens": max_new_tokens, "backend": identity,
-              "dataset": dataset, "ids": [p.id for p in problems],
+              "dataset": dataset, "ids": [p.id for p in problems], "data_sha256": problems_digest(problems),
               "templates": [VANILLA_COT.text, template.text]}
 
     def compute(run):

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 from .answers import extract_answer, is_correct
 from .backends.base import Backend, Generation, generate_in_batches
-from .data import Problem, check_problems
+from .data import Problem, check_problems, problems_digest
 from .estimators import BudgetEstimate, BudgetEstimator
 from .prompts import ANSWER_CUE, BUDGET_WORDINGS, BUDGETED_COT, DIRECT, VANILLA_COT, PromptTemplate
 from .runs import Run, reuse
@@ -274,7 +274,7 @@ def evaluate_run(backend: Backend, problems: Sequence[Problem], method: Method, 
     estimates = method.estimates(problems)
     config = {"method": method.name, "template": method.template.text, "budget": method.budget,
               "max_new_tokens": max_new_tokens, "backend": identity, "dataset": dataset,
-              "ids": [p.id for p in problems]}
+              "ids": [p.id for p in problems], "data_sha256": problems_digest(problems)}
     if method.estimator is not None:  # a run is defined by the budgets it was given
         config["estimates"] = [[e.budget, e.source] for e in estimates]
     if method.forced:  # budget forcing: how the answer is forced decides it too

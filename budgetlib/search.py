@@ -43,7 +43,7 @@ from typing import Any, Iterator, Literal, Sequence
 from .answers import extract_answer, is_correct
 from .backends.base import Backend, Generation, generate_in_batches
 from .backends.prefix_cache import prefix_sharing
-from .data import Problem, check_problems
+from .data import Problem, check_problems, problems_digest
 from .prompts import BUDGETED_COT, VANILLA_COT
 from .runs import Run
 
@@ -351,7 +351,7 @@ def search_config(backend: Backend, problems: Sequence[Problem], dataset: str, *
     results and are left out."""
     settings = {k: v for k, v in search_kwargs.items() if k in SearchConfig.__dataclass_fields__}
     return {"search": asdict(SearchConfig(**settings)), "backend": backend.identity(), "dataset": dataset,
-            "ids": [p.id for p in problems], "templates": [VANILLA_COT.text, BUDGETED_COT.text],
+            "ids": [p.id for p in problems], "data_sha256": problems_digest(problems), "templates": [VANILLA_COT.text, BUDGETED_COT.text],
             "rules": RULES}
 
 

@@ -182,3 +182,29 @@ def test_budget_forcing_cuts_the_reasoning_and_forces_the_answer(problems):
     assert forced(10).label == "budget forcing β=10" and "budget" not in forced(10).prompt(problems[0])
     with pytest.raises(ValueError, match="budget forcing needs a budget"):
         Method("f", VANILLA.template, forced=True)
+
+
+@pytest.mark.parametrize("change", ["nothing", "max_new_tokens", "model", "ids", "method", "question text"])
+def test_evaluate_run_starts_anew_exactly_when_an_input_changes(fake, problems, tmp_path, change):
+    """Every input that decides an evaluation is in its run's key: any change starts a new run that asks the
+    model again; no change reuses the finished run without a single request."""
+    from dataclasses import replace
+
+    first = evaluate_run(fake, problems, VANILLA, max_new_tokens=32, dataset="synthetic", profile="smoke",
+                         root=tmp_path)
+    kw = dict(max_new_tokens=32, dataset="synthetic", profile="smoke", root=tmp_path)
+    counting = FakeBackend(fake.respond, model_id="other-model" if change == "model" else fake.model_id)
+    args = [counting, problems, VANILLA]
+    if change == "max_new_tokens":
+        kw["max_new_tokens"] = 33
+    elif change == "ids":
+        args[1] = problems[:-1]
+    elif change == "method":
+        args[2] = budgeted(50)
+    elif change == "question text":
+        args[1] = [replace(problems[0], question=problems[0].question + " ")] + problems[1:]
+    again = evaluate_run(*args, **kw)
+    if change == "nothing":
+        assert again.run.dir == first.run.dir and counting.calls == []
+    else:
+        assert again.run.dir != first.run.dir and counting.calls, change

@@ -230,3 +230,22 @@ def test_a_truncated_answer_is_never_beta0_nor_feasible():
 
     summary = summarize_search([loop, cut])
     assert summary["n_vanilla_truncated"] == 1 and summary["candidate_truncated_rate"] == 0.5
+
+
+@pytest.mark.parametrize("change", ["nothing", "strategy", "model", "max_new_tokens", "ids"])
+def test_search_run_starts_anew_exactly_when_an_input_changes(tmp_path, change):
+    from budgetlib.search import search_run
+
+    kw = dict(dataset="t", profile="smoke", root=tmp_path, max_new_tokens=64)
+    _, first = search_run(FakeBackend(scripted), PROBLEMS[:4], **kw)
+    counting = FakeBackend(scripted, model_id="other" if change == "model" else FakeBackend(scripted).model_id)
+    problems = PROBLEMS[:3] if change == "ids" else PROBLEMS[:4]
+    if change == "strategy":
+        kw["strategy"] = "binary"
+    if change == "max_new_tokens":
+        kw["max_new_tokens"] = 65
+    _, again = search_run(counting, problems, **kw)
+    if change == "nothing":
+        assert again.dir == first.dir and counting.calls == []
+    else:
+        assert again.dir != first.dir and counting.calls, change

@@ -26,7 +26,7 @@ from typing import Any, Sequence
 
 from ..answers import extract_answer, is_correct
 from ..backends.base import Backend, generate_in_batches
-from ..data import LeakageError, Problem, check_no_overlap, check_problems, drop_overlap
+from ..data import LeakageError, Problem, check_no_overlap, check_problems, drop_overlap, problems_digest
 from ..prompts import BUDGETED_COT, VANILLA_COT
 
 __all__ = ["LeakageError", "check_no_overlap", "drop_overlap",
@@ -171,7 +171,7 @@ def data_run(step: str, config: dict[str, Any], build, *, label: str, backend: B
     from ..runs import reuse
 
     identity = backend.identity()
-    config = {**config, "backend": identity, "ids": [p.id for p in problems]}
+    config = {**config, "backend": identity, "ids": [p.id for p in problems], "data_sha256": problems_digest(problems)}
 
     def compute(run):
         items, report = build(run.keep_answers(backend, sampled=True))

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from ..answers import extract_answer, is_correct
 from ..backends.base import Backend, Generation, generate_in_batches
-from ..data import Problem, check_problems
+from ..data import Problem, check_problems, problems_digest
 from ..evaluate import summarize
 from ..runs import Run, reuse
 from ..prompts import SELFBUDGETER, VANILLA_COT
@@ -198,7 +198,7 @@ def selfbudgeter_run(backend: Backend, problems: Sequence[Problem], *, max_new_t
     identity = backend.identity()
     config = {"method": "selfbudgeter", "template": SELFBUDGETER.text, "preset": preset,
               "max_new_tokens": max_new_tokens, "backend": identity, "dataset": dataset,
-              "ids": [p.id for p in problems]}
+              "ids": [p.id for p in problems], "data_sha256": problems_digest(problems)}
 
     def compute(run: Run):
         return evaluate_selfbudgeter(backend, problems, max_new_tokens=max_new_tokens, preset=preset,
