@@ -13,6 +13,10 @@ def isolated_paths(tmp_path_factory, monkeypatch):
     generation cache pass their own temporary path."""
     monkeypatch.setenv("BUDGETLIB_RESULTS", str(tmp_path_factory.mktemp("results")))
     monkeypatch.setenv("BUDGETLIB_GEN_CACHE", "on")
+    # llama.cpp engines started by tests coordinate among themselves, not with a developer's other runs
+    engines = tmp_path_factory.getbasetemp() / "engines"
+    engines.mkdir(exist_ok=True)
+    monkeypatch.setattr("budgetlib.backends.cores._engines_dir", lambda: engines)
     yield
 
 

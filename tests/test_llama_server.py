@@ -204,3 +204,56 @@ def test_open_backend_reads_a_profile_s_settings(fake_binary, tmp_path, monkeypa
     assert argv[argv.index("-np") + 1] == "8" and argv[argv.index("-m") + 1] == str(gguf)
     with pytest.raises(ValueError, match="cannot load a peft LoRA adapter"):
         open_backend(settings, adapter=str(tmp_path), binary=str(exe))
+
+
+def test_one_llama_cpp_engine_at_a_time(fake_binary, tmp_path, monkeypatch):
+    """A second backend in this process closes the first (a notebook cell run twice); another process's live
+    engine is refused with its pid unless exclusive=False; a record left by dead processes is dropped."""
+    import subprocess
+    import warnings
+
+    from budgetlib.backends import cores
+
+    exe, gguf = fake_binary
+    monkeypatch.setenv("FAKE_LLAMA_ARGV_FILE", str(tmp_path / "argv.json"))
+    kw = dict(parallel=1, ctx_per_slot=512, threads=1, binary=str(exe), start_timeout=30)
+    first = LlamaServerBackend(gguf, **kw)
+    with pytest.warns(UserWarning, match=r"closing this process's earlier llama.cpp engine \(llama-server tiny"):
+        second = LlamaServerBackend(gguf, **kw)
+    assert first.server.proc.poll() is not None and second.server.proc.poll() is None
+    second.close()
+
+    other = subprocess.Popen(["sleep", "60"])  # stands for another process's llama-server
+    try:
+        (cores._engines_dir() / f"{other.pid}.engine").write_text(f"{other.pid} {other.pid} llama-server big\n")
+        (cores._engines_dir() / "999999.engine").write_text("999998 999999 llama-server gone\n")  # dead: stale
+        from budgetlib.backends.server_process import ServerProcess
+
+        stopped, real_stop = [], ServerProcess.stop
+        monkeypatch.setattr(ServerProcess, "stop", lambda self: (stopped.append(self.proc), real_stop(self)))
+        with pytest.raises(cores.EngineBusy, match=rf"llama-server big \(server pid {other.pid}, started by pid "
+                                                   rf"{other.pid}\).*exclusive=False"):
+            LlamaServerBackend(gguf, **kw)
+        assert not (cores._engines_dir() / "999999.engine").exists()
+        assert len(stopped) == 1 and stopped[0].poll() is not None  # the refused backend's server is not left running
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # beside another process's engine only when asked, and silently
+            with LlamaServerBackend(gguf, exclusive=False, **kw) as b:
+                assert b.generate(["hi"], max_new_tokens=2)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_threads_above_the_free_cores_are_warned_about(monkeypatch):
+    import warnings
+
+    from budgetlib.backends.cores import busy_cores, check_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    with pytest.warns(UserWarning, match=r"2 threads but only 1 of 2 cores are free now \(1.0 busy\).*threads=1"):
+        assert check_threads(2, busy=1.0) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert check_threads(2, busy=0.1) == 2
+    assert 0.0 <= busy_cores(0.05) <= 2.0

@@ -192,3 +192,12 @@ def test_real_server_count_matches_the_model_tokenizer(llama_server):
     (g,) = backend.generate(["Count from 1 to 100, separated by commas."], max_new_tokens=24)
     assert g.n_output_tokens == 24 and g.finish_reason == "length"
     assert abs(count_tokens(tok, g.text) - g.n_output_tokens) <= 1  # re-tokenising may merge one boundary
+
+
+@pytest.mark.integration
+def test_real_server_a_prompt_longer_than_the_context_is_a_clear_error_and_the_server_lives_on(llama_server):
+    backend = OpenAIBackend("smollm2", base_url=llama_server, api_key="local", max_retries=0)
+    with pytest.raises(BackendError, match=r"BadRequestError.*(context|tokens)"):
+        backend.generate(["apple " * 3000 + "How many apples?"], max_new_tokens=8)  # n_ctx is 2048
+    (g,) = backend.generate(["What is 2 + 2? Answer with one number."], max_new_tokens=6)
+    assert g.n_output_tokens > 0  # the server answers the next request

@@ -25,6 +25,13 @@ whichever slot it lands in and whoever shares the batch. Tested: the same
 prompts in other orders and at other concurrencies give identical texts and
 counts (tests/test_llama_server.py). It costs re-evaluating shared prefixes.
 
+One llama.cpp engine at a time (`budgetlib.backends.cores`): llama.cpp's
+threads busy-wait, so a second engine on the same cores slows both many
+times. A new backend closes this process's earlier one (a warning) and
+refuses to start beside another process's (`EngineBusy`, naming its pid;
+``exclusive=False`` overrides); a thread count above the free cores is
+warned about.
+
 Weights are loaded without CPU weight repacking (``--no-repack``, i.e.
 ``use_extra_bufts = false``): repacking Q4_K_M weights crashed llama.cpp on
 some x86-64 CPUs (AVX512/AMX) and saves little at this size.
@@ -48,6 +55,7 @@ from typing import Any, Sequence
 
 from ..prompts import DEFAULT_RENDERING, chat_messages, check_rendering, render_raw
 from .base import Generation, check_request, prefixes_for
+from .cores import EngineBusy, check_threads, claim_engine, release_engine
 from .server_process import ServerCrashed, ServerProcess, free_port
 
 __all__ = ["LlamaServerBackend", "find_llama_server", "LlamaServerError", "ServerCrashed"]
@@ -94,13 +102,14 @@ class LlamaServerBackend:
     def __init__(self, model: str | os.PathLike = "qwen2.5-coder-1.5b", *, parallel: int = 4,
                  ctx_per_slot: int = 2048, threads: int | None = None, repack: bool = False,
                  binary: str | None = None, start_timeout: float = 300.0, extra_args: Sequence[str] = (),
-                 request_timeout: float = 1800.0, rendering: str = DEFAULT_RENDERING):
+                 request_timeout: float = 1800.0, rendering: str = DEFAULT_RENDERING, exclusive: bool = True):
         if parallel < 1 or ctx_per_slot < 64:
             raise ValueError(f"need parallel >= 1 and ctx_per_slot >= 64, got {parallel}, {ctx_per_slot}")
         self.gguf, self.model_id, self.sha256 = _resolve_model(model)
         self.rendering = check_rendering(rendering)
         self.parallel, self.ctx_per_slot, self.request_timeout = parallel, ctx_per_slot, request_timeout
         self.threads = threads or os.cpu_count() or 1
+        check_threads(self.threads)  # warns when other work holds the cores llama.cpp's threads would spin on
         self.binary = binary or find_llama_server()
         port = free_port()
         self.url = f"http://127.0.0.1:{port}"
@@ -111,6 +120,11 @@ class LlamaServerBackend:
             cmd.append("--no-repack")
         cmd += list(extra_args)
         self.server = ServerProcess(cmd, f"{self.url}/health", name="llama-server", start_timeout=start_timeout)
+        try:  # the machine's one llama.cpp engine (budgetlib.backends.cores)
+            claim_engine(self.server.proc.pid, f"llama-server {self.model_id}", self.close, exclusive=exclusive)
+        except EngineBusy:
+            self.server.stop()
+            raise
         atexit.register(self.close)
         self._templates: dict[str, str] = {}
         self.n_ctx_slot = ctx_per_slot
@@ -190,6 +204,7 @@ class LlamaServerBackend:
     def close(self) -> None:
         server = getattr(self, "server", None)
         if server is not None:
+            release_engine(server.proc.pid)
             server.stop()
 
     def __enter__(self) -> "LlamaServerBackend":
