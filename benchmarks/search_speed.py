@@ -5,7 +5,9 @@ still searching) and `search_budgets_sequential` (one question at a time, as
 TALE's peer code does) on the same problems and model, generation cache off,
 and prints:
 
-- the speed ratio sequential / batched, and whether both found the same budgets;
+- the speed ratio sequential / batched, and whether both found the same budgets, for the
+  round-by-round batched search and for ladder mode (each question's halving candidates
+  β0/2, β0/4, ... in one call, the sequential decisions replayed on the answers);
 - the batched search's generated tokens/s, next to llama.cpp serving the same
   GGUF at one request on this machine (when `llama_cpp` is installed);
 - the search's overhead over a raw batched `generate` of exactly the prompts
@@ -85,10 +87,16 @@ def main() -> None:
     t0 = time.perf_counter()
     batched = search_budgets(recorded, problems, batch_size=args.batch_size, progress=False, **kw)
     t_batched = time.perf_counter() - t0
+    laddered = Recording(backend)
+    t0 = time.perf_counter()
+    ladder = search_budgets(laddered, problems, batch_size=args.batch_size, progress=False, ladder=True, **kw)
+    t_ladder = time.perf_counter() - t0
     t0 = time.perf_counter()
     sequential = search_budgets_sequential(backend, problems, **kw)
     t_sequential = time.perf_counter() - t0
     same = sum(a == b for a, b in zip(batched, sequential))
+    same_ladder = sum(a == b for a, b in zip(ladder, sequential))
+    ladder_tokens = sum(n for _, _, n in laddered.calls)
 
     t0 = time.perf_counter()
     for call_prompts, max_new, _ in recorded.calls:  # the same work as raw generate calls
@@ -108,6 +116,9 @@ def main() -> None:
            "batch_size": args.batch_size, "backend_calls_batched": len(recorded.calls),
            "seconds_sequential": round(t_sequential, 2), "seconds_batched": round(t_batched, 2),
            "speedup": round(t_sequential / t_batched, 2), "same_results": f"{same}/{len(problems)}",
+           "seconds_ladder": round(t_ladder, 2), "speedup_ladder": round(t_sequential / t_ladder, 2),
+           "same_results_ladder": f"{same_ladder}/{len(problems)}", "backend_calls_ladder": len(laddered.calls),
+           "tokens_batched": tokens, "tokens_ladder": ladder_tokens,
            "batched_tokens_per_s": round(tokens / t_batched, 1),
            "llama_cpp_tokens_per_s_1_request": None if llama_rate is None else round(llama_rate, 1),
            "seconds_raw_generate": round(t_raw, 2), "search_overhead": round(t_batched / t_raw - 1, 4),
@@ -117,6 +128,8 @@ def main() -> None:
           f"{len(recorded.calls)} batched backend calls")
     print(f"sequential {t_sequential:7.1f} s | batched {t_batched:7.1f} s | speed-up x{t_sequential / t_batched:.2f} "
           f"| same results {same}/{len(problems)}")
+    print(f"ladder   {t_ladder:7.1f} s ({len(laddered.calls)} calls, {ladder_tokens} tokens vs {tokens} by rounds) "
+          f"| speed-up x{t_sequential / t_ladder:.2f} | same results {same_ladder}/{len(problems)}")
     print(f"batched search: {tokens / t_batched:.1f} generated tokens/s; llama.cpp, one request: "
           + ("not installed (pip install llama-cpp-python)" if llama_rate is None else f"{llama_rate:.1f} tokens/s"))
     print(f"raw generate of the same calls {t_raw:.1f} s: search overhead {100 * (t_batched / t_raw - 1):+.1f}%")

@@ -117,10 +117,11 @@ def ladder_sweep(backend: Backend, problems: Sequence[Problem], *, max_new_token
 
 
 def sweep_summary(frame):
-    """Per budget: mean and median output tokens, accuracy, share within budget."""
-    return (frame.groupby("budget")
+    """Per budget: mean and median output tokens, accuracy, share within budget, share cut at the cap."""
+    return (frame.assign(truncated=frame["finish_reason"] == "length").groupby("budget")
             .agg(mean_output_tokens=("output_tokens", "mean"), median_output_tokens=("output_tokens", "median"),
-                 accuracy=("correct", "mean"), within_budget=("within_budget", "mean"), n=("id", "size"))
+                 accuracy=("correct", "mean"), within_budget=("within_budget", "mean"),
+                 truncated_rate=("truncated", "mean"), n=("id", "size"))
             .reset_index())
 
 

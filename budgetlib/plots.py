@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 __all__ = ["redundancy_figure", "elasticity_figure", "budget_histogram", "search_trace_figure", "frontier_figure",
-           "estimate_scatter", "training_figure", "adherence_figure", "finish", "save", "figure_name"]
+           "estimate_scatter", "training_figure", "adherence_figure", "finish", "save", "figure_name", "caption"]
 
 
 def save(fig, path: str | Path | None) -> None:
@@ -29,6 +29,18 @@ def figure_name(name: str, profile: str) -> str:
         return name
     stem, dot, ext = name.rpartition(".")
     return f"{stem}_{profile}{dot}{ext}" if dot else f"{name}_{profile}"
+
+
+def caption(what: str | None, model: str, profile: str, data, *, truncated: float | None = None) -> str:
+    """Every figure's title: what it shows, the model, the profile, each dataset with its n and, for
+    answers generated under a cap, the share cut at it. `data` maps names to question lists or counts.
+
+    >>> caption("token redundancy", "SmolLM2-135M", "smoke", {"synthetic": [1, 2, 3], "gsm8k": 8}, truncated=0.125)
+    'token redundancy · SmolLM2-135M · smoke · synthetic n=3, gsm8k n=8 · 12% cut at the token cap'
+    """
+    sizes = ", ".join(f"{name} n={n if isinstance(n, int) else len(n)}" for name, n in dict(data).items())
+    parts = [what, model, profile, sizes, None if truncated is None else f"{truncated:.0%} cut at the token cap"]
+    return " · ".join(p for p in parts if p)
 
 
 def finish(fig, path: str | Path | None, title: str | None = None):

@@ -110,6 +110,9 @@ def _order(method: str) -> tuple:
     fixed = re.fullmatch(r"fixed budget β=(\d+)(?: \((.+)\))?", method)
     if fixed:  # after vanilla CoT, by budget, TALE's wording first
         return (labels.index("vanilla CoT"), 1, int(fixed.group(1)), fixed.group(2) or "")
+    forced = re.fullmatch(r"budget forcing β=(\d+)", method)
+    if forced:  # after the stated budgets, by budget
+        return (labels.index("vanilla CoT"), 2, int(forced.group(1)), "")
     stage = next((i for i, s in enumerate(SB_STAGES.values()) if method.startswith(s + ", preset")), None)
     if stage is not None:
         return (len(labels) + stage, 0, int(method.rsplit(" ", 1)[1]), "")
@@ -130,9 +133,19 @@ def side_by_side(frame, expected=EXPECTED, presets: bool = False):
                     "note": f"missing: no finished run (notebook {nb}, profile {profile})"}
                    for m, nb in expected if m not in set(rows["method"])]
         rows = pd.concat([rows, pd.DataFrame(missing)], ignore_index=True) if missing else rows.copy()
-        vanilla = rows.loc[rows["method"] == "vanilla CoT", "mean_output_tokens"]
-        reference = vanilla.iloc[0] if len(vanilla) else math.nan
+        vanilla = rows.loc[rows["method"] == "vanilla CoT"]
+        reference = vanilla["mean_output_tokens"].iloc[0] if len(vanilla) else math.nan
         rows["token_change_vs_vanilla"] = rows["mean_output_tokens"] / reference - 1
+        rows["total_change_vs_vanilla"] = rows["mean_total_tokens"] / reference - 1 if "mean_total_tokens" in rows \
+            else math.nan
+        if len(vanilla) and "ids_hash" in rows:  # a change is a change only on the same questions
+            other = rows["ids_hash"].notna() & (rows["ids_hash"] != vanilla["ids_hash"].iloc[0])
+            rows.loc[other, ["token_change_vs_vanilla", "total_change_vs_vanilla"]] = math.nan
+            rows.loc[other, "note"] = [
+                "; ".join(x for x in (str(note) if isinstance(note, str) else "",
+                                      f"other questions than vanilla CoT (n={n:.0f} vs {vanilla['n'].iloc[0]:.0f}): "
+                                      "no change computed") if x)
+                for note, n in zip(rows.loc[other, "note"], rows.loc[other, "n"])]
         parts.append(rows.iloc[sorted(range(len(rows)), key=lambda i: _order(rows["method"].iloc[i]))])
     if not parts:  # nothing ran yet: the expected methods, all missing
         return pd.DataFrame([{"dataset": None, "method": m, "note": f"missing: no finished run (notebook {nb})"}
@@ -192,18 +205,31 @@ def beside_papers(table, paper=None):
     return pd.concat([ours.reindex(columns=columns), paper.reindex(columns=columns)], ignore_index=True)
 
 
+def _pct(x) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f" ({x:+.0%})"
+
+
 def _cell(row) -> str:
+    """"acc [CI] · output tok (change)", then, for a method that paid for its budget (TALE-EP's estimator),
+    "· total N tok (change)", and the share of budgets that fell back to vanilla CoT."""
     if row is None or row.get("accuracy") is None or math.isnan(row["accuracy"]):
         return "missing"
-    change = row.get("token_change_vs_vanilla")
-    change = "" if change is None or math.isnan(change) or row["method"] == "vanilla CoT" else f" ({change:+.0%})"
-    return (f"{row['accuracy']:.0%} [{row['accuracy_ci_low']:.0%}, {row['accuracy_ci_high']:.0%}]"
+    change = "" if row["method"] == "vanilla CoT" else _pct(row.get("token_change_vs_vanilla"))
+    cell = (f"{row['accuracy']:.0%} [{row['accuracy_ci_low']:.0%}, {row['accuracy_ci_high']:.0%}]"
             f" · {row['mean_output_tokens']:.0f} tok{change}")
+    total, own = row.get("mean_total_tokens"), row.get("mean_output_tokens")
+    if total is not None and not math.isnan(total) and total > own + 0.5:
+        cell += f" · total {total:.0f} tok{_pct(row.get('total_change_vs_vanilla'))}"
+    fallback = row.get("fallback_rate")
+    if fallback is not None and not math.isnan(fallback) and fallback > 0:
+        cell += f" · {fallback:.0%} fallback"
+    return cell
 
 
 def markdown_table(table) -> str:
     """`side_by_side`'s table as Markdown, one table per (profile, model): a row per method, a column per
-    dataset, each cell "accuracy [95% CI] · mean output tokens (change vs vanilla CoT)", "missing"
+    dataset, each cell "accuracy [95% CI] · mean output tokens (change vs vanilla CoT)", plus the total
+    with the estimator's tokens and the fallback share where a method has them (`_cell`), "missing"
     where no run finished."""
     if "accuracy" not in table or table["accuracy"].isna().all():
         return "No finished evaluation runs yet: run notebooks 01-07 first."

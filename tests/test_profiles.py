@@ -42,7 +42,7 @@ def test_the_smoke_profile_keeps_the_values_the_notebooks_had():
     assert s01 == {"model": None, "engine": "hf", "batch_size": 32, "max_new_tokens": 192, "budgets": [10, 50],
                    "data": {"synthetic": ("synthetic", "test", 24), "gsm8k-zero": ("gsm8k-zero", "test", 8),
                             "gsm8k": ("gsm8k", "test", 8)}}
-    assert profile("smoke", "03")["sweep"] == ("synthetic", "test", 16)
+    assert profile("smoke", "03")["sweep"] == ("synthetic", "test", 24)  # 16 before: now notebook 01's questions
     assert profile("smoke", "07")["train"] == ("synthetic", "train", 96)
     assert profile("medium", "01")["wordings"] == [(50, "words")]
     assert profile("full", "02")["data"]["gsm8k/train"] == ("gsm8k", "train", 4000)

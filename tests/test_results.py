@@ -242,3 +242,34 @@ def test_replace_block(tmp_path):
     assert not results.replace_block(readme, "t", "new")
     with pytest.raises(ValueError, match="README.md.*<!-- u:start -->"):
         results.replace_block(readme, "u", "x")
+
+
+def test_a_paid_estimate_and_forced_budgets_show_in_the_table(tmp_path, fake, problems):
+    """TALE-EP's cell carries its total with the estimator's own tokens (not "+0%" when it spent tokens to
+    estimate), its fallback share; budget forcing sorts after the stated budgets; a method run on other
+    questions than vanilla CoT gets no change against it, and a note saying why."""
+    from budgetlib.estimators import BudgetEstimate
+    from budgetlib.evaluate import forced
+
+    class Paying(ConstantEstimator):  # a constant estimate that cost 30 tokens per question, 1 in 2 a fallback
+        def estimate(self, problems):
+            return [BudgetEstimate(None if i % 2 else self.budget, "paid" + (":fallback" if i % 2 else ""), cost_tokens=30)
+                    for i, _ in enumerate(problems)]
+
+    kw = dict(max_new_tokens=64, profile="smoke", root=tmp_path)
+    compare_methods(fake, {"synthetic/test": problems}, [VANILLA, estimated("tale_ep_zero_shot", Paying(8), label="TALE-EP"),
+                                                         forced(4), forced(16), budgeted(10)], **kw)
+    compare_methods(fake, {"synthetic/test": problems[:4]}, [budgeted(50)], **kw)
+    table = results.side_by_side(results.collect(tmp_path)).set_index("method")
+    vanilla, tale = table.loc["vanilla CoT"], table.loc["TALE-EP"]
+    assert tale.mean_total_tokens == tale.mean_output_tokens + 30
+    md = results.markdown_table(table.reset_index())
+    cell = next(line for line in md.splitlines() if line.startswith("| TALE-EP |"))
+    total_change = tale.mean_total_tokens / vanilla.mean_output_tokens - 1
+    assert cell.endswith(f"· total {tale.mean_total_tokens:.0f} tok ({total_change:+.0%}) · 50% fallback |")
+    order = [line.split(" | ")[0][2:] for line in md.splitlines() if line.startswith("| ") and "---" not in line]
+    assert order[order.index("vanilla CoT") + 1:][:4] == ["fixed budget β=10", "fixed budget β=50",
+                                                         "budget forcing β=4", "budget forcing β=16"]
+    other = table.loc["fixed budget β=50"]
+    assert math.isnan(other.token_change_vs_vanilla) and "other questions than vanilla CoT (n=4 vs 6)" in other.note
+    assert not math.isnan(table.loc["budget forcing β=4", "token_change_vs_vanilla"])

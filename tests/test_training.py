@@ -90,8 +90,9 @@ def test_recipe_errors(tmp_path):
     full = load_recipe("tale_pt_sft", "full")
     assert (full.lora_r, full.lora_alpha, full.epochs, full.learning_rate) == (8, 32, 3, 1e-4)
     for name in ("tale_pt_sft", "tale_pt_dpo", "selfbudgeter_sft", "selfbudgeter_grpo"):
-        full = load_recipe(name, "full")  # TALE's batch of 16 per optimizer step, in micro-batches
-        assert full.batch_size * full.gradient_accumulation_steps == 16 and full.gradient_checkpointing
+        full = load_recipe(name, "full")  # in micro-batches: 16 per optimizer step; DPO: TALE's accumulation 16
+        per_step = 32 if name == "tale_pt_dpo" else 16
+        assert full.batch_size * full.gradient_accumulation_steps == per_step and full.gradient_checkpointing
     with pytest.raises(RecipeError, match="gradient_accumulation_steps must be >= 1"):
         load_recipe("tale_pt_sft", gradient_accumulation_steps=0)
     smoke = load_recipe("tale_pt_sft")  # a run's identity: what it computes, not how it executes
@@ -191,3 +192,11 @@ def test_grpo_after_cold_start_changes_lora_and_logs_finite_rewards(tmp_path):
     weights = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
     lora_b = [v for k, v in weights.items() if "lora_B" in k]
     assert lora_b and any(v.abs().sum() > 0 for v in lora_b)  # B starts at zero: GRPO changed it
+
+
+def test_the_full_dpo_recipe_is_tale_s_dpo_config():
+    """TALE-PT.py's DPOConfig and LoraConfig (GeniusHTX/TALE), except the micro-batch (ours, labelled)."""
+    c = load_recipe("tale_pt_dpo", "full")
+    assert (c.gradient_accumulation_steps, c.weight_decay, c.max_grad_norm, c.beta) == (16, 0.001, 5.0, 0.5)
+    assert (c.epochs, c.learning_rate, c.lora_r, c.lora_alpha) == (2, 3e-5, 8, 32)
+    assert tuple(c.target_modules) == ("q_proj", "v_proj")

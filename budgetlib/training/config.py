@@ -34,6 +34,8 @@ class TrainConfig:
     batch_size: int = 4  # per device and step; the batch per optimizer step is batch_size x gradient_accumulation_steps
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-4
+    weight_decay: float = 0.0  # transformers' default; TALE's DPO uses 0.001 (the full DPO recipe)
+    max_grad_norm: float = 1.0  # transformers' default; TALE's DPO uses 5.0 (the full DPO recipe)
     max_length: int = 512
     lora_r: int = 8
     lora_alpha: int = 32
