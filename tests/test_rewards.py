@@ -4,7 +4,7 @@ import random
 import pytest
 
 from budgetlib.training.rewards import (BUDGET_PENALTY, MALFORMED_REWARD, S_C_MAX, S_C_MIN, S_W_MAX, S_W_MIN,
-                                        anneal_alpha, budget_penalty, format_reward, l1_reward, length_term,
+                                        anneal_alpha, anneal_tolerance, budget_penalty, format_reward, l1_reward, length_term,
                                         parse_selfbudgeter, selfbudgeter_reward)
 
 ALPHAS = [0.0, 0.1, 0.3, 0.5, 0.9]
@@ -16,9 +16,10 @@ def answer(budget, words, right=True):
     return f"<budget>{budget}</budget><solution>{body} [[{2 if right else 3}]]</solution>"
 
 
-def reward(completion, alpha, upper=1000, ids=None):
+def reward(completion, alpha, upper=1000, ids=None, tolerance=1.0):
+    """The reward at peak shift `alpha` and width `tolerance` x b (1.0: a whole budget from the peak is the floor)."""
     return selfbudgeter_reward([completion], answer=["2"], upper_budget=[upper], alpha=alpha,
-                               completion_ids=ids)[0]
+                               completion_ids=ids, tolerance=tolerance)[0]
 
 
 def scored(budget, length, alpha, right=True, upper=math.inf):
@@ -133,10 +134,11 @@ def test_length_term_and_alpha_range():
 
 def test_chat_message_completions_and_token_ids():
     msg = [[{"role": "assistant", "content": answer(10, 10)}]]
-    assert selfbudgeter_reward(msg, answer=["2"], upper_budget=[99], alpha=0.0) == [S_C_MAX]
+    assert selfbudgeter_reward(msg, answer=["2"], upper_budget=[99], alpha=0.0, tolerance=1.0) == [S_C_MAX]
     # with completion_ids the length is the token count: 20 tokens against a budget of 10 -> a whole budget
     # past the peak at alpha 0: the floor
-    assert selfbudgeter_reward(msg, answer=["2"], upper_budget=[99], alpha=0.0, completion_ids=[[0] * 20]) == [S_C_MIN]
+    assert selfbudgeter_reward(msg, answer=["2"], upper_budget=[99], alpha=0.0, tolerance=1.0,
+                               completion_ids=[[0] * 20]) == [S_C_MIN]
     with pytest.raises(TypeError, match="chat messages"):
         format_reward([42])
     with pytest.raises(ValueError):
@@ -150,20 +152,24 @@ def test_alpha_anneals_from_trainer_state():
 
     assert anneal_alpha(State(0)) == 0.5 and anneal_alpha(State(100)) == pytest.approx(0.1)
     assert anneal_alpha() == 0.5 and anneal_alpha(State(50)) == pytest.approx(0.3)
-    half = [answer(40, 20)]  # half its budget: the peak early (alpha 0.5), too short late (peak at 36)
-    early = selfbudgeter_reward(half, answer=["2"], upper_budget=[99], trainer_state=State(0))[0]
-    late = selfbudgeter_reward(half, answer=["2"], upper_budget=[99], trainer_state=State(100))[0]
-    assert early == S_C_MAX > late
-    near = [answer(40, 37)]
-    assert selfbudgeter_reward(near, answer=["2"], upper_budget=[99], trainer_state=State(100))[0] > \
-        selfbudgeter_reward(near, answer=["2"], upper_budget=[99], trainer_state=State(0))[0]
+    assert anneal_tolerance(State(0)) == 6.0 and anneal_tolerance(State(100)) == pytest.approx(0.1)
+    assert anneal_tolerance() == 6.0 and anneal_tolerance(State(50)) == pytest.approx(3.05)
+
+    def at(words, step):
+        return selfbudgeter_reward([answer(40, words)], answer=["2"], upper_budget=[99], trainer_state=State(step))[0]
+
+    # early (alpha 0.5, tolerance 6): wide, nearly flat: half the budget and the whole budget score almost alike,
+    # so early training is not paid to write half its budget
+    assert at(20, 0) == S_C_MAX and at(20, 0) - at(40, 0) < 0.02 * (S_C_MAX - S_C_MIN)
+    # late (alpha 0.1, tolerance 0.1): tight around 0.9 b = 36; half the budget is far outside the tolerance
+    assert at(36, 100) == S_C_MAX and at(20, 100) == S_C_MIN and at(38, 100) > at(44, 100) == S_C_MIN
 
 
 def test_logged_metrics():
     logged = {}
     selfbudgeter_reward([answer(40, 40), answer(400, 40), answer(40, 50, right=False), "nope"], answer=["2"] * 4,
                         upper_budget=[50, 50, math.inf, 50], alpha=0.2, log_metric=logged.__setitem__)
-    assert logged == {"selfbudgeter/alpha": 0.2, "selfbudgeter/well_formed": 0.75, "selfbudgeter/correct": 0.5,
+    assert logged == {"selfbudgeter/alpha": 0.2, "selfbudgeter/tolerance": 6.0, "selfbudgeter/well_formed": 0.75, "selfbudgeter/correct": 0.5,
                       "selfbudgeter/within_budget": pytest.approx(2 / 3),
                       "selfbudgeter/over_upper_budget": pytest.approx(1 / 3)}
 

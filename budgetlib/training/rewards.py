@@ -27,8 +27,8 @@ structure above is the paper's):
         (the cosine length reward of Yeo et al., arXiv 2502.03373): η_max at
         t = 0, falling smoothly to η_min at t ≥ T
 
-    correct (C = 1):  S = CosFn(|L − (1 − α)·b|, b, s^C_min, s^C_max)     ∈ [0.5, 1.0]
-    wrong   (C = 0):  S = CosFn(|L − (1 + α)·b|, b, s^W_min, s^W_max)     ∈ [-1.0, -0.5]
+    correct (C = 1):  S = CosFn(|L − (1 − α)·b|, τ·b, s^C_min, s^C_max)   ∈ [0.5, 1.0]
+    wrong   (C = 0):  S = CosFn(|L − (1 + α)·b|, τ·b, s^W_min, s^W_max)   ∈ [-1.0, -0.5]
     budget penalty:   P = r_b if b > b_max else 0                          (b_max = ∞: never)
     well-formed:      R = S + P
     malformed:        R = r_f
@@ -38,18 +38,29 @@ structure above is the paper's):
 so  s^C_min + r_b = 0.0 ≥ s^W_max = -0.5  and  r_f = -2 < s^W_min + r_b = -1.5.
 Ranges: correct 0.5…1.0 (penalised 0.0…0.5), wrong -1.0…-0.5 (penalised
 -1.5…-1.0), malformed -2; an honest correct answer (b ≤ b_max) never scores
-below an inflated one. Also ours: the width T = b (a whole budget away from
-the peak scores the floor); r_b added to the length term (our reading of the
+below an inflated one. Also ours: r_b added to the length term (our reading of the
 constraint above), for wrong answers too (it only lowers them); and, in
 `selfbudgeter.grpo_prompts`, the shortest of several own correct cold-start
 answers as b_max.
 
-α anneals linearly from 0.5 to 0.1 over training (OURS):
-α = 0.5 + (0.1 − 0.5) · global_step / max_steps, and must lie in [0, 1),
-since (1 − α)·b is a length. Early, a correct answer is pulled well under its
-stated budget (peak at b/2); late, it should land just under it (0.9·b). (An
-earlier version of this module read α as the cosine's width in units of b
-and annealed it 6.0 → 0.1; with α ≥ 1 the peak (1 − α)·b is not a length.)
+Two schedules, both linear in global_step / max_steps:
+
+- the TOLERANCE τ, the cosine's width in units of the stated budget, anneals
+  6.0 → 0.1: the only public description of the paper's α reports it as a
+  tolerance annealed 6.0 → 0.1, wide early and tight late. With τ = 6 a
+  correct answer within a budget of the peak scores nearly the maximum (b/2
+  from it: 0.991, against 1.0 at the peak and 0.5 at the floor), so early
+  training is hardly paid to write half its budget; with τ = 0.1, 10% of b from the peak
+  already scores the floor. (OUR READING of that description.)
+- the PEAK SHIFT α (this project's design card: correct answers peak at
+  (1 − α)·b, wrong ones at (1 + α)·b, α in [0, 1)) anneals 0.5 → 0.1, so a
+  correct answer ends just under its budget (0.9·b) by the time the
+  tolerance is tight. A 6.0 → 0.1 schedule cannot be this α: (1 − α)·b
+  would be a negative length. (OURS.)
+
+Before `equations` v3 the width was fixed at b (τ = 1) and only α was
+annealed: early training then paid a correct answer most at half its stated
+budget, at full strength.
 
 Guarantees (property-tested in tests/test_rewards.py): every correct answer,
 penalised or not, scores ≥ every wrong one; a correct answer's score peaks
@@ -72,7 +83,7 @@ from typing import Any, Callable, Sequence
 from ..answers import extract_answer, is_correct
 
 __all__ = ["SelfBudgeterOutput", "parse_selfbudgeter", "completion_text", "anneal_alpha", "format_reward",
-           "accuracy_reward", "cos_fn", "length_term", "budget_penalty", "selfbudgeter_reward", "reward_function",
+           "accuracy_reward", "cos_fn", "length_term", "anneal_tolerance", "budget_penalty", "selfbudgeter_reward", "reward_function",
            "l1_reward", "RewardConfig", "DEFAULT_REWARD", "UPPER_BUDGET_RULES",
            "MALFORMED_REWARD", "S_C_MIN", "S_C_MAX", "S_W_MIN", "S_W_MAX", "BUDGET_PENALTY"]
 
@@ -99,14 +110,16 @@ class RewardConfig:
     s_w_max: float = -0.5
     budget_penalty: float = -0.5  # r_b, added when the stated budget exceeds b_max
     malformed: float = -2.0  # r_f
-    alpha_start: float = 0.5  # α anneals linearly alpha_start -> alpha_end over the run
+    alpha_start: float = 0.5  # α (peak shift) anneals linearly alpha_start -> alpha_end over the run
     alpha_end: float = 0.1
+    tolerance_start: float = 6.0  # τ (the cosine's width, in units of b) anneals tolerance_start -> tolerance_end
+    tolerance_end: float = 0.1
     upper_budget: str = "shortest_correct"  # b_max: the shortest own correct cold-start answer, ∞ when none
-    equations: str = "cos-peak-(1-a)b/(1+a)b,width-b,v2"
+    equations: str = "cos-peak-(1-a)b/(1+a)b,width-tau*b,v3"
 
     def __post_init__(self):
         for name in ("s_c_min", "s_c_max", "s_w_min", "s_w_max", "budget_penalty", "malformed", "alpha_start",
-                     "alpha_end"):
+                     "alpha_end", "tolerance_start", "tolerance_end"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise TypeError(f"reward.{name} must be a number, got {value!r}")
@@ -119,6 +132,9 @@ class RewardConfig:
             raise ValueError(f"reward.malformed ({self.malformed}) must lie below every well-formed reward")
         for name in ("alpha_start", "alpha_end"):
             _check_alpha(getattr(self, name))
+        for name in ("tolerance_start", "tolerance_end"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"reward.{name} must be > 0 (the cosine's width in units of b), got {getattr(self, name)}")
         if self.upper_budget not in UPPER_BUDGET_RULES:
             raise ValueError(f"reward.upper_budget must be one of {UPPER_BUDGET_RULES}, got {self.upper_budget!r}")
 
@@ -130,6 +146,7 @@ S_W_MIN, S_W_MAX = DEFAULT_REWARD.s_w_min, DEFAULT_REWARD.s_w_max
 BUDGET_PENALTY = DEFAULT_REWARD.budget_penalty
 MALFORMED_REWARD = DEFAULT_REWARD.malformed
 ALPHA_START, ALPHA_END = DEFAULT_REWARD.alpha_start, DEFAULT_REWARD.alpha_end
+TOLERANCE_START, TOLERANCE_END = DEFAULT_REWARD.tolerance_start, DEFAULT_REWARD.tolerance_end
 _FORMAT = re.compile(r"^\s*<budget>\s*(\d+)\s*</budget>\s*<solution>(.*?)</solution>\s*$", re.DOTALL)
 
 
@@ -182,18 +199,38 @@ def completion_text(completion: Any) -> str:
     raise TypeError(f"a completion must be a string or a list of chat messages, got {type(completion).__name__}")
 
 
+def _progress(trainer_state: Any) -> float | None:
+    if trainer_state is None or not getattr(trainer_state, "max_steps", 0):
+        return None
+    return min(max(trainer_state.global_step / trainer_state.max_steps, 0.0), 1.0)
+
+
 def anneal_alpha(trainer_state: Any = None, reward: RewardConfig = DEFAULT_REWARD) -> float:
-    """α from training progress (linear, `reward.alpha_start` → `alpha_end`: 0.5 → 0.1 by default);
-    `alpha_start` without a state.
+    """α (the peak shift) from training progress (linear, `reward.alpha_start` → `alpha_end`: 0.5 → 0.1
+    by default); `alpha_start` without a state.
 
     >>> class S: global_step, max_steps = 5, 10
     >>> round(anneal_alpha(S()), 2)
     0.3
     """
-    if trainer_state is None or not getattr(trainer_state, "max_steps", 0):
+    progress = _progress(trainer_state)
+    if progress is None:
         return reward.alpha_start
-    progress = min(max(trainer_state.global_step / trainer_state.max_steps, 0.0), 1.0)
     return reward.alpha_start + (reward.alpha_end - reward.alpha_start) * progress
+
+
+def anneal_tolerance(trainer_state: Any = None, reward: RewardConfig = DEFAULT_REWARD) -> float:
+    """τ (the cosine's width in units of b) from training progress (linear, `reward.tolerance_start` →
+    `tolerance_end`: 6.0 → 0.1 by default); `tolerance_start` without a state.
+
+    >>> class S: global_step, max_steps = 5, 10
+    >>> round(anneal_tolerance(S()), 2), anneal_tolerance()
+    (3.05, 6.0)
+    """
+    progress = _progress(trainer_state)
+    if progress is None:
+        return reward.tolerance_start
+    return reward.tolerance_start + (reward.tolerance_end - reward.tolerance_start) * progress
 
 
 def cos_fn(t: float, width: float, low: float, high: float) -> float:
@@ -208,22 +245,26 @@ def cos_fn(t: float, width: float, low: float, high: float) -> float:
     return low + 0.5 * (high - low) * (1.0 + math.cos(math.pi * min(t / width, 1.0)))
 
 
-def length_term(length: int, budget: int, alpha: float, correct: bool, reward: RewardConfig = DEFAULT_REWARD) -> float:
-    """S of the module docstring: for a correct answer CosFn(|L − (1−α)b|, b,
-    0.5, 1.0), peaking at L = (1−α)·b; for a wrong one CosFn(|L − (1+α)b|, b,
-    -1.0, -0.5), peaking at L = (1+α)·b.
+def length_term(length: int, budget: int, alpha: float, correct: bool, reward: RewardConfig = DEFAULT_REWARD,
+                tolerance: float = 1.0) -> float:
+    """S of the module docstring: for a correct answer CosFn(|L − (1−α)b|, τb,
+    0.5, 1.0), peaking at L = (1−α)·b; for a wrong one CosFn(|L − (1+α)b|, τb,
+    -1.0, -0.5), peaking at L = (1+α)·b; τ = `tolerance`.
 
     >>> length_term(90, 100, 0.1, True), length_term(190, 100, 0.1, True), round(length_term(100, 100, 0.1, True), 3)
     (1.0, 0.5, 0.988)
     >>> length_term(110, 100, 0.1, False), length_term(10, 100, 0.1, False), length_term(60, 100, 0.1, False)
     (-0.5, -1.0, -0.75)
+    >>> round(length_term(100, 100, 0.5, True, tolerance=6.0), 3), length_term(100, 100, 0.1, True, tolerance=0.1)
+    (0.991, 0.5)
     """
-    if budget <= 0:
-        raise ValueError(f"need budget > 0, got {budget}")
+    if budget <= 0 or tolerance <= 0:
+        raise ValueError(f"need budget > 0 and tolerance > 0, got {budget}, {tolerance}")
     _check_alpha(alpha)
+    width = tolerance * budget
     if correct:
-        return round(cos_fn(abs(length - (1.0 - alpha) * budget), budget, reward.s_c_min, reward.s_c_max), 12)
-    return round(cos_fn(abs(length - (1.0 + alpha) * budget), budget, reward.s_w_min, reward.s_w_max), 12)
+        return round(cos_fn(abs(length - (1.0 - alpha) * budget), width, reward.s_c_min, reward.s_c_max), 12)
+    return round(cos_fn(abs(length - (1.0 + alpha) * budget), width, reward.s_w_min, reward.s_w_max), 12)
 
 
 def budget_penalty(budget: int, upper_budget: float | None, reward: RewardConfig = DEFAULT_REWARD) -> float:
@@ -270,19 +311,19 @@ def accuracy_reward(completions: Sequence[Any], answer: Sequence[str], **kwargs)
 
 
 def selfbudgeter_reward(completions: Sequence[Any], answer: Sequence[str], upper_budget: Sequence[float | None],
-                        alpha: float | None = None, trainer_state: Any = None,
+                        alpha: float | None = None, trainer_state: Any = None, tolerance: float | None = None,
                         completion_ids: Sequence[Sequence[int]] | None = None,
                         log_metric: Callable[[str, float], None] | None = None,
                         reward: RewardConfig = DEFAULT_REWARD, **kwargs) -> list[float]:
     """The combined reward of the module docstring, R = S + P (or r_f), with `reward`'s constants.
     `upper_budget` is b_max per completion (None or ``math.inf``: never
     answered correctly, no budget penalty). With `log_metric` (trl passes
-    one) it also logs, per batch, α and the shares of well-formed, correct,
+    one) it also logs, per batch, α, τ and the shares of well-formed, correct,
     within-budget and over-b_max completions as ``selfbudgeter/...``.
 
     >>> good = "<budget>5</budget><solution>1 + 1 = [[2]]</solution>"  # 5 words
     >>> bad = "<budget>5</budget><solution>1 + 1 = [[3]]</solution>"
-    >>> selfbudgeter_reward([good, bad, "[[2]]"], answer=["2"] * 3, upper_budget=[50] * 3, alpha=0.0)
+    >>> selfbudgeter_reward([good, bad, "[[2]]"], answer=["2"] * 3, upper_budget=[50] * 3, alpha=0.0, tolerance=1.0)
     [1.0, -0.5, -2.0]
     >>> selfbudgeter_reward([good, bad], answer=["2"] * 2, upper_budget=[4, math.inf], alpha=0.0)  # 5 > b_max = 4
     [0.5, -0.5]
@@ -293,6 +334,7 @@ def selfbudgeter_reward(completions: Sequence[Any], answer: Sequence[str], upper
     (0.5, 1.0, 0.0)
     """
     alpha = anneal_alpha(trainer_state, reward) if alpha is None else alpha
+    tolerance = anneal_tolerance(trainer_state, reward) if tolerance is None else tolerance
     _check_alpha(alpha)
     texts = [completion_text(c) for c in completions]
     lengths = _lengths(texts, completion_ids)
@@ -308,9 +350,10 @@ def selfbudgeter_reward(completions: Sequence[Any], answer: Sequence[str], upper
         over += penalty != 0.0
         right = is_correct(parsed.answer, gold)
         correct += right
-        rewards.append(length_term(length, parsed.budget, alpha, right, reward) + penalty)
+        rewards.append(length_term(length, parsed.budget, alpha, right, reward, tolerance) + penalty)
     if log_metric is not None and texts:
         log_metric("selfbudgeter/alpha", alpha)
+        log_metric("selfbudgeter/tolerance", tolerance)
         log_metric("selfbudgeter/well_formed", formed / len(texts))
         log_metric("selfbudgeter/correct", correct / len(texts))
         log_metric("selfbudgeter/within_budget", within / formed if formed else 0.0)
