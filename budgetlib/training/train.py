@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..backends.hf import adapter_digest, resolve_weights
+from ..backends.hf import adapter_digest
+from ..models import resolve_weights
 from ..runs import Run, start_run
 from .config import TrainConfig
 from .data import DPOPair, GRPOPrompt, SFTExample
@@ -45,12 +46,10 @@ class TrainResult:
 
 
 def base_model_source(model: str | None) -> str:
-    """Where to load trainable weights from: the embedded model's safetensors copy for None."""
-    if model is None:
-        from ..backends.hf import embedded_model_dir
-
-        return str(embedded_model_dir())
-    return str(model)
+    """Where to load trainable weights from (`models.resolve_weights`): an embedded model's safetensors
+    copy (None: the default 135M; "qwen2.5-coder-0.5b": the 0.5B dequantized from its GGUF), a local
+    directory or a hub id."""
+    return str(resolve_weights(model)[0])
 
 
 def last_checkpoint(output_dir: Path) -> str | None:
