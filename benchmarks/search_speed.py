@@ -52,7 +52,7 @@ class Recording:
 
 
 def llama_cpp_tokens_per_s(questions: list[str], max_new_tokens: int, threads: int) -> float | None:
-    from budgetlib.backends.llama_cpp_python import load_llama
+    from budgetlib.llama_cpp import load_llama
 
     try:
         import llama_cpp  # noqa: F401

@@ -54,7 +54,7 @@ def test_llama_server_binary_is_built_without_native_flags():
 @pytest.mark.integration
 def test_q4_k_m_loads_without_weight_repacking():
     pytest.importorskip("llama_cpp")
-    from budgetlib.backends.llama_cpp_python import load_llama
+    from budgetlib.llama_cpp import load_llama
     from budgetlib.models import ModelError, gguf_path
 
     try:
@@ -77,7 +77,7 @@ def test_load_llama_greedy_answers_do_not_depend_on_earlier_requests():
     after a prompt sharing its prefix, or after an unrelated one gives the same greedy tokens."""
     pytest.importorskip("llama_cpp")
     from budgetlib.backends.hf import embedded_gguf_path
-    from budgetlib.backends.llama_cpp_python import load_llama
+    from budgetlib.llama_cpp import load_llama
 
     llm = load_llama(str(embedded_gguf_path()), n_ctx=512, n_threads=2, verbose=False, seed=0)
     base = "Question: Tom has 3 apples and buys 5 more. How many apples does he have?"

@@ -136,7 +136,7 @@ def llama_server():
     from budgetlib.backends.server_process import ServerProcess
 
     port = free_port()
-    cmd = [sys.executable, "-m", "budgetlib.backends.llama_cpp_python", "--model", str(embedded_gguf_path()),
+    cmd = [sys.executable, "-m", "budgetlib.llama_cpp", "--model", str(embedded_gguf_path()),
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--model_alias", "smollm2"]
     url = f"http://127.0.0.1:{port}/v1"
     server = ServerProcess(cmd, f"{url}/models", name="llama_cpp.server", start_timeout=90)

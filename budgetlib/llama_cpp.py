@@ -20,7 +20,7 @@ Two things in llama-cpp-python's defaults make a reproducible run impossible:
   the same way whatever came before. It costs re-evaluating shared prefixes.
 
 `load_llama` applies both to one model; `python -m
-budgetlib.backends.llama_cpp_python ...` runs llama-cpp-python's
+budgetlib.llama_cpp ...` runs llama-cpp-python's
 OpenAI-compatible server with both (arguments as for ``python -m
 llama_cpp.server``).
 """
