@@ -39,7 +39,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 from .paths import project_root
 
 __all__ = ["Run", "RunError", "reuse", "start_run", "open_run", "find_runs", "append_csv", "run_metadata", "config_hash", "environment_info",
-           "results_root", "read_jsonl", "append_jsonl"]
+           "results_root", "read_jsonl", "append_jsonl", "process_alive"]
 
 log = logging.getLogger(__name__)
 VERSIONED = ("budgetlib", "torch", "transformers", "trl", "peft", "datasets", "numpy", "pandas")
@@ -242,7 +242,7 @@ class Run:
                 if holder == me:
                     yield self
                     return
-                if holder is not None and _alive(holder):
+                if holder is not None and process_alive(holder):
                     raise RunError(f"{self.dir} is being written by process {holder} (its lock file {lock}); "
                                    "wait for it to finish, or stop it") from None
                 log.warning("%s: taking over the lock of process %s, which is no longer running", self.dir, holder)
@@ -309,7 +309,7 @@ def open_run(run_dir: str | Path, config: dict[str, Any], *, metadata: dict[str,
     return Run(run_dir)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
     """Whether process `pid` exists on this machine."""
     try:
         os.kill(pid, 0)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..paths import cache_dir
+from ..runs import process_alive
 
 __all__ = ["EngineBusy", "claim_engine", "release_engine", "busy_cores", "check_threads"]
 
@@ -39,16 +40,6 @@ def _engines_dir() -> Path:
     return path
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _live_engines() -> list[tuple[Path, int, int, str]]:
     """(file, owner pid, server pid, what) of every engine whose owner and server still run; stale files go."""
     live = []
@@ -59,7 +50,7 @@ def _live_engines() -> list[tuple[Path, int, int, str]]:
         except (OSError, ValueError):
             f.unlink(missing_ok=True)
             continue
-        if _alive(owner) and _alive(server):
+        if process_alive(owner) and process_alive(server):
             live.append((f, owner, server, what.strip()))
         else:
             f.unlink(missing_ok=True)
