@@ -134,11 +134,6 @@ EXTRACT_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("text", "expected"), EXTRACT_CASES)
-def test_extract_answer(text, expected):
-    assert extract_answer(text) == expected
-
-
 PRECEDENCE_CASES = [
     pytest.param("[[7]] Answer: 9", "7", id="brackets-beat-answer"),
     pytest.param("Answer: 9\n[[7]]", "7", id="brackets-beat-earlier-answer"),
@@ -154,8 +149,9 @@ PRECEDENCE_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("text", "expected"), PRECEDENCE_CASES)
-def test_extract_answer_precedence(text, expected):
+@pytest.mark.parametrize(("text", "expected"), EXTRACT_CASES + PRECEDENCE_CASES)
+def test_extract_answer(text, expected):
+    """What the one judge reads from an answer, and which form wins when several are present."""
     assert extract_answer(text) == expected
 
 
