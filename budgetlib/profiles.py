@@ -12,8 +12,11 @@ dry-run-full``) keeps a profile's code paths (its engine, its datasets and
 recipes: gradient accumulation, activation checkpointing, the resume logic)
 at toy size, so the full profile's code runs once on a CPU before hours on a
 rented GPU: the embedded 135M model unless `model` is given, 4 questions a
-dataset (`DRY_RUN_TRAIN` train questions), short token caps, and recipes
-capped at 2 optimizer steps (``recipe_profile`` "full+dry", `training.config`).
+dataset, short token caps, and recipes capped at 2 optimizer steps
+(``recipe_profile`` "full+dry", `training.config`). Its train questions are
+`DRY_RUN_TRAIN`, 48 synthetic ones (our choice): within a short cap the 135M
+answers almost no GSM8K question, and the steps after the search (the learned
+predictor, SFT data, DPO pairs, the cold start) need a few correct answers.
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ PROFILES = ("smoke", "medium", "full")
 PROFILES_FILE = Path(__file__).resolve().parent / "recipes" / "profiles.yaml"
 _TUPLE_KEYS = ("train", "sweep")  # a [name, split, n] dataset
 DRY_RUN_N = 4  # questions per evaluation dataset in a dry run
-DRY_RUN_TRAIN = 32  # train questions in a dry run: enough for a few correct answers to train on
-_DRY_RUN_CAPS = {"max_new_tokens": 64, "search_max_new_tokens": 64, "estimator_max_new_tokens": 32,
-                 "cold_start_max_new_tokens": 64, "batch_size": 8, "timing_n": 2}
+DRY_RUN_TRAIN = ("synthetic", "train", 48)  # a dry run's train questions (module docstring)
+_DRY_RUN_CAPS = {"max_new_tokens": 128, "search_max_new_tokens": 128, "estimator_max_new_tokens": 32,
+                 "cold_start_max_new_tokens": 128, "batch_size": 16, "timing_n": 2}
 
 
 def dry_run_active() -> bool:
@@ -119,7 +122,7 @@ def _dry_run(settings: dict[str, Any], model: str | None) -> dict[str, Any]:
     if "sweep" in out:
         out["sweep"] = (*out["sweep"][:2], DRY_RUN_N)
     if "train" in out:
-        out["train"] = (*out["train"][:2], DRY_RUN_TRAIN)
+        out["train"] = DRY_RUN_TRAIN
     for key in ("budgets", "presets"):
         if key in out:
             out[key] = list(out[key])[:3]

@@ -82,7 +82,7 @@ def test_a_dry_run_keeps_the_full_profile_s_paths_at_toy_size(monkeypatch):
     dry = profile("full", "05", dry_run=True)
     assert dry["dry_run"] and dry["model"] is None and dry["engine"] == full["engine"] == "hf"
     assert dry["data"] == {k: (n, split, 4) for k, (n, split, _) in full["data"].items()}  # the same datasets
-    assert dry["train"] == ("gsm8k", "train", DRY_RUN_TRAIN) and dry["max_new_tokens"] == 64
+    assert dry["train"] == DRY_RUN_TRAIN == ("synthetic", "train", 48) and dry["max_new_tokens"] == 128
     assert dry["recipe_profile"] == "full+dry"
     recipe, real = load_recipe("tale_pt_dpo", dry["recipe_profile"]), load_recipe("tale_pt_dpo", "full")
     # the full recipe's accumulation, checkpointing and LoRA, 2 optimizer steps with a checkpoint after each
