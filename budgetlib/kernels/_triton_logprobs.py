@@ -70,6 +70,26 @@ def _check_runnable(device: torch.device) -> None:
                            "TRITON_INTERPRET=1 set before triton is first imported")
 
 
+@triton.jit
+def _logit_tile(h_rows, w_cols, row_ok, col_ok, H, inv_temp, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_H: tl.constexpr):
+    """One [BLOCK_N x BLOCK_V] tile of logits / temperature: the rows' hidden states times the columns'
+    LM-head weights, accumulated in fp32 over H in BLOCK_H steps (masked entries read 0)."""
+    acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
+    for k0 in range(0, H, BLOCK_H):
+        ks = k0 + tl.arange(0, BLOCK_H)
+        k_ok = ks < H
+        hb = tl.load(h_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        wb = tl.load(w_cols + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
+        if UPCAST:
+            hb, wb = hb.to(tl.float32), wb.to(tl.float32)
+        if IEEE:
+            acc = tl.dot(hb, wb, acc, input_precision="ieee")
+        else:
+            acc = tl.dot(hb, wb, acc)
+    return acc * inv_temp
+
+
 def _fwd_kernel(h_ptr, w_ptr, tgt_ptr, m_ptr, s_ptr, a_ptr, tz_ptr, zs_ptr, mbt_ptr,
                 N, V, H, stride_h, stride_w, v_per_split, inv_temp,
                 ENTROPY: tl.constexpr, MEAN: tl.constexpr, TOP1: tl.constexpr,
@@ -93,19 +113,8 @@ def _fwd_kernel(h_ptr, w_ptr, tgt_ptr, m_ptr, s_ptr, a_ptr, tz_ptr, zs_ptr, mbt_
         cols = v0 + tl.arange(0, BLOCK_V)
         col_ok = cols < v_end
         w_cols = w_ptr + cols.to(tl.int64)[None, :] * stride_w
-        acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-        for k0 in range(0, H, BLOCK_H):
-            ks = k0 + tl.arange(0, BLOCK_H)
-            k_ok = ks < H
-            hb = tl.load(h_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-            wb = tl.load(w_cols + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-            if UPCAST:
-                hb, wb = hb.to(tl.float32), wb.to(tl.float32)
-            if IEEE:
-                acc = tl.dot(hb, wb, acc, input_precision="ieee")
-            else:
-                acc = tl.dot(hb, wb, acc)
-        z = acc * inv_temp  # finite everywhere (masked columns read zeros) ...
+        z = _logit_tile(h_rows, w_cols, row_ok, col_ok, H, inv_temp, IEEE, UPCAST, BLOCK_N, BLOCK_V, BLOCK_H)
+        # z is finite everywhere (masked columns read zeros) ...
         m_new = tl.maximum(m, tl.max(tl.where(col_ok[None, :], z, float("-inf")), axis=1))
         rescale = tl.exp(m - m_new)
         zm = z - m_new[:, None]
@@ -145,19 +154,7 @@ def _bwd_kernel(h_ptr, w_ptr, tgt_ptr, lse_ptr, g_ptr, ge_ptr, ez_ptr, dz_ptr,
     col_ok = cols < V
     h_rows = h_ptr + rows.to(tl.int64)[:, None] * stride_h
     w_cols = w_ptr + cols.to(tl.int64)[None, :] * stride_w
-    acc = tl.zeros([BLOCK_N, BLOCK_V], tl.float32)
-    for k0 in range(0, H, BLOCK_H):
-        ks = k0 + tl.arange(0, BLOCK_H)
-        k_ok = ks < H
-        hb = tl.load(h_rows + ks[None, :], mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        wb = tl.load(w_cols + ks[:, None], mask=k_ok[:, None] & col_ok[None, :], other=0.0)
-        if UPCAST:
-            hb, wb = hb.to(tl.float32), wb.to(tl.float32)
-        if IEEE:
-            acc = tl.dot(hb, wb, acc, input_precision="ieee")
-        else:
-            acc = tl.dot(hb, wb, acc)
-    z = acc * inv_temp
+    z = _logit_tile(h_rows, w_cols, row_ok, col_ok, H, inv_temp, IEEE, UPCAST, BLOCK_N, BLOCK_V, BLOCK_H)
     lse = tl.load(lse_ptr + rows, mask=row_ok, other=0.0)
     g = tl.load(g_ptr + rows, mask=row_ok, other=0.0)
     tgt = tl.load(tgt_ptr + rows, mask=row_ok, other=-1)
