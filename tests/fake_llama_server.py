@@ -95,7 +95,9 @@ def main():
                         prefix = prompt.rsplit("assistant\n", 1)[1]
                     else:  # TALE's raw wrapper
                         message, prefix = prompt.split("\nUser: ", 1)[1].rsplit("\nAssistant:", 1)
-                    words = ((f"(after {prefix})" if prefix else "") + " echo: " + message).split()
+                    penalty = body.get("repeat_penalty", 1.0)  # say a penalty that is on, so tests can see it
+                    words = ((f"(penalty {penalty})" if penalty != 1.0 else "") + (f"(after {prefix})" if prefix else "")
+                             + " echo: " + message).split()
                     n = body["n_predict"]
                     out = words[:n]
                     stopped = len(words) < n

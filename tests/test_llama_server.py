@@ -257,3 +257,20 @@ def test_threads_above_the_free_cores_are_warned_about(monkeypatch):
         warnings.simplefilter("error")
         assert check_threads(2, busy=0.1) == 2
     assert 0.0 <= busy_cores(0.05) <= 2.0
+
+
+def test_a_repeat_penalty_is_sent_and_part_of_the_identity(fake_binary, tmp_path, monkeypatch):
+    """TALE decodes its raw wrapper with repetition penalty 1.2: opt-in, sent with every request, and in the
+    backend's identity (so cached answers with and without it never mix); off, identities are as before."""
+    exe, gguf = fake_binary
+    kw = dict(parallel=1, ctx_per_slot=512, threads=1, binary=str(exe), start_timeout=30, rendering="tale_raw")
+    with LlamaServerBackend(gguf, **kw) as plain:
+        assert "repeat_penalty" not in plain.identity()
+        (g,) = plain.generate(["2+2?"], max_new_tokens=8)
+        assert g.text.startswith("echo:")
+    with LlamaServerBackend(gguf, repeat_penalty=1.2, **kw) as tale:
+        assert tale.identity()["repeat_penalty"] == 1.2
+        (g,) = tale.generate(["2+2?"], max_new_tokens=8)
+        assert g.text.startswith("(penalty 1.2) echo:")
+    with pytest.raises(ValueError, match="repeat_penalty must be > 0"):
+        LlamaServerBackend(gguf, repeat_penalty=0, **kw)

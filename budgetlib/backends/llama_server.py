@@ -13,7 +13,11 @@ Output tokens are the generated token ids the server returns
 end-of-sequence token, the same definition as `HFBackend`.
 
 Decoding: temperature 0 is greedy; above 0 it is plain temperature sampling
-(top-k, top-p and min-p off, no repeat penalty) with the request's seed.
+(top-k, top-p and min-p off) with the request's seed. No repeat penalty
+unless `repeat_penalty` is set: TALE's code decodes its raw wrapper with
+1.2, and under that wrapper the greedy 1.5B loops ``[[end]]`` to the cap
+without one (LOG.md, 2026-12-06); a penalty other than 1.0 is part of the
+backend's identity, so runs with and without it never mix.
 
 Greedy answers do not depend on what ran before: every request is sent with
 ``cache_prompt: false`` (a slot never continues from the KV cells its last
@@ -88,7 +92,8 @@ class LlamaServerBackend:
     def __init__(self, model: str | os.PathLike = "qwen2.5-coder-1.5b", *, parallel: int = 4,
                  ctx_per_slot: int = 2048, threads: int | None = None, repack: bool = False,
                  binary: str | None = None, start_timeout: float = 300.0, extra_args: Sequence[str] = (),
-                 request_timeout: float = 1800.0, rendering: str = DEFAULT_RENDERING, exclusive: bool = True):
+                 request_timeout: float = 1800.0, rendering: str = DEFAULT_RENDERING, exclusive: bool = True,
+                 repeat_penalty: float = 1.0):
         if parallel < 1 or ctx_per_slot < 64:
             raise ValueError(f"need parallel >= 1 and ctx_per_slot >= 64, got {parallel}, {ctx_per_slot}")
         from ..models import ModelError, resolve_weights
@@ -98,6 +103,9 @@ class LlamaServerBackend:
         except ModelError as exc:
             raise LlamaServerError(str(exc)) from exc
         self.rendering = check_rendering(rendering)
+        if not repeat_penalty > 0:
+            raise ValueError(f"repeat_penalty must be > 0 (1.0: off), got {repeat_penalty}")
+        self.repeat_penalty = float(repeat_penalty)
         self.parallel, self.ctx_per_slot, self.request_timeout = parallel, ctx_per_slot, request_timeout
         self.threads = threads or os.cpu_count() or 1
         check_threads(self.threads)  # warns when other work holds the cores llama.cpp's threads would spin on
@@ -125,8 +133,11 @@ class LlamaServerBackend:
 
     # --- protocol ---------------------------------------------------------
     def identity(self) -> dict[str, Any]:
-        return {"model": self.model_id, "revision": self.sha256, "backend": "llama.cpp-server",
-                "dtype": "gguf", "device": "cpu", "rendering": self.rendering}
+        identity = {"model": self.model_id, "revision": self.sha256, "backend": "llama.cpp-server",
+                    "dtype": "gguf", "device": "cpu", "rendering": self.rendering}
+        if self.repeat_penalty != 1.0:  # decoding that changes answers: part of every key (off: keys as before)
+            identity["repeat_penalty"] = self.repeat_penalty
+        return identity
 
     def render(self, prompt: str, assistant_prefix: str | None = None) -> str:
         if self.rendering == "tale_raw":
@@ -153,7 +164,7 @@ class LlamaServerBackend:
     # --- internals --------------------------------------------------------
     def _one(self, text: str, max_new_tokens: int, temperature: float, seed: int) -> Generation:
         body = {"prompt": text, "n_predict": max_new_tokens, "temperature": temperature, "seed": seed,
-                "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": 1.0, "cache_prompt": False,
+                "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": self.repeat_penalty, "cache_prompt": False,
                 "return_tokens": True, "stream": False}
         out = self._request("POST", "/completion", body)
         tokens = list(out.get("tokens") or [])
