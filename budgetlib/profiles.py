@@ -21,6 +21,7 @@ predictor, SFT data, DPO pairs, the cold start) need a few correct answers.
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,6 @@ _DRY_RUN_CAPS = {"max_new_tokens": 128, "search_max_new_tokens": 128, "estimator
 
 def dry_run_active() -> bool:
     """Whether ``BUDGETLIB_DRY_RUN`` asks for a dry run (1, true, yes, on)."""
-    import os
-
     return os.environ.get("BUDGETLIB_DRY_RUN", "").strip().lower() in ("1", "true", "yes", "on")
 
 

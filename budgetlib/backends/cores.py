@@ -14,7 +14,6 @@ for a moment, and a thread count above the free cores is warned about.
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 import warnings
@@ -26,7 +25,6 @@ from ..runs import process_alive
 
 __all__ = ["EngineBusy", "claim_engine", "release_engine", "busy_cores", "check_threads"]
 
-log = logging.getLogger(__name__)
 _CLOSERS: dict[int, Callable[[], None]] = {}  # engine server pid -> how to close it (engines of this process)
 
 

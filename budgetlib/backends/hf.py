@@ -18,12 +18,8 @@ rounding, so it is not part of `identity()` or the generation cache key.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import shutil
-import tempfile
-import time
 from pathlib import Path
 from typing import Any, Sequence
 

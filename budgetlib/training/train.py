@@ -111,7 +111,8 @@ def train(config: TrainConfig, items: Sequence[SFTExample | DPOPair | GRPOPrompt
                       target_modules=targets, task_type="CAUSAL_LM")
     common = dict(output_dir=str(output_dir), num_train_epochs=config.epochs, max_steps=config.max_steps,
                   per_device_train_batch_size=config.batch_size, learning_rate=config.learning_rate,
-                  weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm, logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
+                  weight_decay=config.weight_decay, max_grad_norm=config.max_grad_norm,
+                  logging_steps=config.logging_steps, save_strategy="steps", save_steps=config.save_steps,
                   gradient_accumulation_steps=config.gradient_accumulation_steps,
                   report_to="none", seed=config.seed, use_cpu=not cuda, bf16=cuda,
                   activation_checkpointing=config.gradient_checkpointing, disable_tqdm=True)
