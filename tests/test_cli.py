@@ -39,9 +39,12 @@ def test_outputs_copies_a_runs_outputs_into_the_committed_notebooks(tmp_path, ca
     """What keeps the committed notebooks' outputs those of a make run of the same code."""
     import nbformat
 
-    root, ran_dir = tmp_path / "repo", tmp_path / "ran"
+    root, checkout = tmp_path / "repo", tmp_path / "other-clone"
+    ran_dir = checkout / "results" / "notebooks" / "smoke"
     (root / "notebooks").mkdir(parents=True)
-    ran_dir.mkdir()
+    ran_dir.mkdir(parents=True)
+    (checkout / "budgetlib").mkdir()
+    (checkout / "budgetlib" / "__init__.py").write_text("")
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell('PROFILE = "smoke"', metadata={"tags": ["parameters"]}),
                                          nbformat.v4.new_code_cell("1 + 1"), nbformat.v4.new_markdown_cell("# done")])
     nbformat.write(nb, root / "notebooks" / "01_x.ipynb")
@@ -49,12 +52,16 @@ def test_outputs_copies_a_runs_outputs_into_the_committed_notebooks(tmp_path, ca
                                                                                  metadata={"tags": ["injected-parameters"]}),
                                           nbformat.v4.new_code_cell("1 + 1"), nb.cells[2]])
     ran.cells[2].outputs = [nbformat.v4.new_output("execute_result", data={"text/plain": "2"}, execution_count=3),
-                            nbformat.v4.new_output("stream", name="stderr", text="gen: 100%|##| 4/4 [00:01, 2.0it/s]\r")]
+                            nbformat.v4.new_output("stream", name="stderr", text="gen: 100%|##| 4/4 [00:01, 2.0it/s]\r"),
+                            nbformat.v4.new_output("stream", name="stderr",
+                                                   text=f"{checkout}/budgetlib/data.py:3: DataWarning: x\n")]
     nbformat.write(ran, ran_dir / "01_x.ipynb")
     assert main(["outputs", str(ran_dir), "--root", str(root)]) == 0
     out = nbformat.read(root / "notebooks" / "01_x.ipynb", as_version=4)
     assert [c.source for c in out.cells] == [c.source for c in nb.cells]  # no injected cell
-    assert [o["data"]["text/plain"] for o in out.cells[1].outputs] == ["2"]  # the progress bar is dropped
+    result, warning = out.cells[1].outputs  # the progress bar is dropped
+    assert result["data"]["text/plain"] == "2"
+    assert warning["text"] == "budgetlib/data.py:3: DataWarning: x\n"  # no machine's path is committed
     ran.cells[2].source = "1 + 2"  # outputs of other code are refused
     nbformat.write(ran, ran_dir / "01_x.ipynb")
     assert main(["outputs", str(ran_dir), "--root", str(root)]) == 2
