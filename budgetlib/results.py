@@ -141,11 +141,9 @@ def side_by_side(frame, expected=EXPECTED, presets: bool = False):
         if len(vanilla) and "ids_hash" in rows:  # a change is a change only on the same questions
             other = rows["ids_hash"].notna() & (rows["ids_hash"] != vanilla["ids_hash"].iloc[0])
             rows.loc[other, ["token_change_vs_vanilla", "total_change_vs_vanilla"]] = math.nan
-            rows.loc[other, "note"] = [
-                "; ".join(x for x in (str(note) if isinstance(note, str) else "",
-                                      f"other questions than vanilla CoT (n={n:.0f} vs {vanilla['n'].iloc[0]:.0f}): "
-                                      "no change computed") if x)
-                for note, n in zip(rows.loc[other, "note"], rows.loc[other, "n"])]
+            why = "other questions than vanilla CoT (n={:.0f} vs %.0f): no change computed" % vanilla["n"].iloc[0]
+            rows.loc[other, "note"] = [f"{note}; {why.format(n)}" if isinstance(note, str) and note else why.format(n)
+                                       for note, n in zip(rows.loc[other, "note"], rows.loc[other, "n"])]
         parts.append(rows.iloc[sorted(range(len(rows)), key=lambda i: _order(rows["method"].iloc[i]))])
     if not parts:  # nothing ran yet: the expected methods, all missing
         return pd.DataFrame([{"dataset": None, "method": m, "note": f"missing: no finished run (notebook {nb})"}
@@ -205,24 +203,28 @@ def beside_papers(table, paper=None):
     return pd.concat([ours.reindex(columns=columns), paper.reindex(columns=columns)], ignore_index=True)
 
 
+def _number(x) -> float | None:
+    """`x`, or None for a metric a run did not record (None or NaN)."""
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else x
+
+
 def _pct(x) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f" ({x:+.0%})"
+    return "" if _number(x) is None else f" ({x:+.0%})"
 
 
 def _cell(row) -> str:
     """"acc [CI] · output tok (change)", then, for a method that paid for its budget (TALE-EP's estimator),
     "· total N tok (change)", and the share of budgets that fell back to vanilla CoT."""
-    if row is None or row.get("accuracy") is None or math.isnan(row["accuracy"]):
+    if row is None or _number(row.get("accuracy")) is None:
         return "missing"
     change = "" if row["method"] == "vanilla CoT" else _pct(row.get("token_change_vs_vanilla"))
     cell = (f"{row['accuracy']:.0%} [{row['accuracy_ci_low']:.0%}, {row['accuracy_ci_high']:.0%}]"
             f" · {row['mean_output_tokens']:.0f} tok{change}")
-    total, own = row.get("mean_total_tokens"), row.get("mean_output_tokens")
-    if total is not None and not math.isnan(total) and total > own + 0.5:
+    total = _number(row.get("mean_total_tokens"))
+    if total is not None and total > row["mean_output_tokens"] + 0.5:
         cell += f" · total {total:.0f} tok{_pct(row.get('total_change_vs_vanilla'))}"
-    fallback = row.get("fallback_rate")
-    if fallback is not None and not math.isnan(fallback) and fallback > 0:
-        cell += f" · {fallback:.0%} fallback"
+    if (_number(row.get("fallback_rate")) or 0) > 0:
+        cell += f" · {row['fallback_rate']:.0%} fallback"
     return cell
 
 
