@@ -100,7 +100,7 @@ def main() -> None:
         record(f"llama-server -np {k} repack", gens, seconds)
 
     if args.vllm_python:
-        from budgetlib.backends.hf import embedded_model_dir
+        from budgetlib.models import embedded_model_dir
 
         model_dir = args.vllm_model or str(embedded_model_dir(args.model))
         import tempfile

