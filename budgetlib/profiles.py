@@ -99,6 +99,9 @@ def profile(name: str, notebook: str, *, model: str | None = None, path: str | P
     for key in _TUPLE_KEYS:
         if key in settings:
             settings[key] = _dataset(settings[key], f"{where}[{key}]")
+    if "backend_options" in settings and not isinstance(settings["backend_options"], dict):
+        raise ProfileError(f"{where}: 'backend_options' must map the engine's options to values, "
+                           f"got {settings['backend_options']!r}")
     if "wordings" in settings:
         settings["wordings"] = [tuple(w) if isinstance(w, list) else w for w in settings["wordings"]]
     if model:

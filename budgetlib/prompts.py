@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 __all__ = ["PromptTemplate", "ANSWER_FORMAT", "DIRECT", "VANILLA_COT", "BUDGETED_COT", "BUDGETED_COT_WORDS",
            "BUDGETED_COT_STRICT", "BUDGET_WORDINGS", "TALE_EP_ESTIMATE", "SELFBUDGETER", "TEMPLATES", "ANSWER_CUE", "render_chat",
-           "RENDERINGS", "DEFAULT_RENDERING", "TALE_SYSTEM", "chat_messages", "render_raw", "check_rendering"]
+           "RENDERINGS", "ANSWER_STOP", "DEFAULT_RENDERING", "TALE_SYSTEM", "chat_messages", "render_raw", "check_rendering"]
 
 ANSWER_FORMAT = ("Please give the response by strictly following this format: [[answer]], "
                  "for example: Answer: [[50]].")
@@ -84,6 +84,10 @@ SELFBUDGETER = PromptTemplate(
 # Budget forcing (s1's idea, our wording): when the reasoning reaches its budget, this is appended to it and
 # the model writes only the answer after it, in the format every prompt asks for ("Answer: [[50]]").
 ANSWER_CUE = "\n\nAnswer: [["
+# A stop string that ends an answer at its first closed [[...]] (`LlamaServerBackend(stop=ANSWER_STOP)`). Our
+# reading, not TALE's: under TALE's raw wrapper nothing ends the turn and the greedy 1.5B loops "[[end]]" after
+# its answer to the token cap (LOG.md, 2026-12-06).
+ANSWER_STOP = ("]]",)
 
 TEMPLATES = {t.name: t for t in (DIRECT, VANILLA_COT, BUDGETED_COT, BUDGETED_COT_WORDS, BUDGETED_COT_STRICT,
                                   TALE_EP_ESTIMATE, SELFBUDGETER)}

@@ -102,9 +102,17 @@ def main():
                     out = words[:n]
                     stopped = len(words) < n
                     tokens = [len(w) for w in out] + ([EOG] if stopped else [])
-                    self.reply({"content": " ".join(out), "tokens": tokens,
-                                "stop_type": "eos" if stopped else "limit", "truncated": False,
-                                "tokens_predicted": len(tokens)})
+                    content, stop_type = " ".join(out), "eos" if stopped else "limit"
+                    reply = {}
+                    for k in range(len(out)):  # as llama-server: stop at the word (token) that completes a
+                        text = " ".join(out[:k + 1])  # stop string, cut the text before it, no end token
+                        hit = min((w for w in body.get("stop", []) if w in text), key=text.find, default=None)
+                        if hit is not None:
+                            content, stop_type, tokens = text[:text.find(hit)], "word", tokens[:k + 1]
+                            reply["stopping_word"] = hit
+                            break
+                    self.reply({"content": content, "tokens": tokens, "stop_type": stop_type, "truncated": False,
+                                "tokens_predicted": len(tokens), **reply})
                 finally:
                     with LOCK:
                         ACTIVE["now"] -= 1

@@ -193,6 +193,7 @@ def test_open_backend_reads_a_profile_s_settings(fake_binary, tmp_path, monkeypa
     """What every notebook does: open_backend(SETTINGS) with a profile's mapping picks its engine and slots."""
     from budgetlib.backends import open_backend
     from budgetlib.profiles import profile
+    from budgetlib.prompts import ANSWER_STOP
 
     exe, gguf = fake_binary
     monkeypatch.setenv("FAKE_LLAMA_ARGV_FILE", str(tmp_path / "argv.json"))
@@ -200,6 +201,11 @@ def test_open_backend_reads_a_profile_s_settings(fake_binary, tmp_path, monkeypa
     assert (settings["engine"], settings["batch_size"]) == ("llama-server", 8)
     with open_backend(settings, progress=False, binary=str(exe)) as b:
         assert isinstance(b, LlamaServerBackend) and b.parallel == 8
+        # the medium profile renders as TALE's code does and stops at the first closed [[...]] (our reading)
+        assert (b.rendering, b.stop) == ("tale_raw", ANSWER_STOP)
+        assert b.identity()["rendering"] == "tale_raw" and b.identity()["stop"] == ["]]"]
+    with open_backend(settings, rendering="chat_helpful", binary=str(exe)) as b:  # arguments win over the profile's
+        assert (b.rendering, b.stop) == ("chat_helpful", ANSWER_STOP)
     argv = json.loads((tmp_path / "argv.json").read_text())
     assert argv[argv.index("-np") + 1] == "8" and argv[argv.index("-m") + 1] == str(gguf)
     with pytest.raises(ValueError, match="cannot load a peft LoRA adapter"):
@@ -274,3 +280,29 @@ def test_a_repeat_penalty_is_sent_and_part_of_the_identity(fake_binary, tmp_path
         assert g.text.startswith("(penalty 1.2) echo:")
     with pytest.raises(ValueError, match="repeat_penalty must be > 0"):
         LlamaServerBackend(gguf, repeat_penalty=0, **kw)
+
+
+def test_a_stop_string_ends_the_answer_keeps_the_string_and_counts_tokens_up_to_it(fake_binary):
+    """`stop=("]]",)` (prompts.ANSWER_STOP, our reading for TALE's raw wrapper): the answer ends at its first
+    closed [[...]], the text keeps "]]" so the judge reads it, the tokens are those up to the one that completed
+    it, finish is "stop"; in the identity when set, absent (keys as before) when not."""
+    from budgetlib.answers import extract_answer
+    from budgetlib.prompts import ANSWER_STOP
+
+    exe, gguf = fake_binary
+    kw = dict(parallel=1, ctx_per_slot=512, threads=1, binary=str(exe), start_timeout=30, rendering="tale_raw")
+    question = "so [[1450]] then [[end]] [[end]]"
+    with LlamaServerBackend(gguf, **kw) as plain:
+        assert "stop" not in plain.identity()
+        (g,) = plain.generate([question], max_new_tokens=32)
+        assert g.text == "echo: " + question and g.n_output_tokens == 6
+    with LlamaServerBackend(gguf, stop=ANSWER_STOP, **kw) as cut:
+        assert cut.identity()["stop"] == ["]]"]
+        (g, never) = cut.generate([question, "no answer here"], max_new_tokens=32)
+        assert g.text == "echo: so [[1450]]" and g.n_output_tokens == 3 and g.finish_reason == "stop"
+        assert extract_answer(g.text) == "1450"
+        assert never.text == "echo: no answer here" and never.n_output_tokens == 4
+        (capped,) = cut.generate([question], max_new_tokens=2)
+        assert capped.text == "echo: so" and capped.finish_reason == "length"
+    with pytest.raises(ValueError, match="stop must be a sequence of non-empty strings"):
+        LlamaServerBackend(gguf, stop="]]", **kw)

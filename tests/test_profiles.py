@@ -44,7 +44,9 @@ def test_the_smoke_profile_keeps_the_values_the_notebooks_had():
                             "gsm8k": ("gsm8k", "test", 8)}}
     assert profile("smoke", "03")["sweep"] == ("synthetic", "test", 24)  # 16 before: now notebook 01's questions
     assert profile("smoke", "07")["train"] == ("synthetic", "train", 96)
-    assert profile("medium", "01")["wordings"] == [(50, "words")]
+    assert profile("medium", "03")["wordings"] == ["tokens", "words"]
+    assert profile("medium", "01")["data"]["svamp"] == ("svamp", "test", 64)  # n >= 64 for a paper effect
+    assert profile("medium", "01")["backend_options"] == {"rendering": "tale_raw", "stop": ["]]"]}
     assert profile("full", "02")["data"]["gsm8k/train"] == ("gsm8k", "train", 4000)
 
 
@@ -68,6 +70,9 @@ def test_a_malformed_entry_names_file_notebook_profile_and_key(tmp_path):
     bad = tmp_path / "profiles.yaml"
     bad.write_text('"01":\n  smoke: {model: null, engine: hf, batch_size: 4, data: {gsm8k: [gsm8k, test]}}\n')
     with pytest.raises(ProfileError, match=r"profiles.yaml \[01\]\[smoke\]\[data\]\[gsm8k\]: expected \[name, split, n\]"):
+        profile("smoke", "01", path=bad)
+    bad.write_text('"01":\n  smoke: {model: null, engine: hf, batch_size: 4, backend_options: [tale_raw]}\n')
+    with pytest.raises(ProfileError, match=r"profiles.yaml \[01\]\[smoke\]: 'backend_options' must map"):
         profile("smoke", "01", path=bad)
     bad.write_text('"01": {smoke: [1, 2\n')
     with pytest.raises(ProfileError, match="not valid YAML"):

@@ -19,7 +19,8 @@ ENGINES = ("hf", "llama-server")
 def open_backend(model=None, *, engine: str | None = None, batch_size: int | None = None, progress: bool = True,
                  **options):
     """The backend a notebook's settings name: ``open_backend(SETTINGS)`` with a `profiles.profile`
-    mapping (its ``model``, ``engine`` and ``batch_size``), or ``open_backend(model, engine=...)``.
+    mapping (its ``model``, ``engine``, ``batch_size`` and ``backend_options``, e.g. the medium profile's
+    ``rendering`` and ``stop``), or ``open_backend(model, engine=...)``.
 
     `engine="hf"`: `HFBackend(model, batch_size=..., progress=..., **options)` (``adapter=`` evaluates a
     LoRA adapter); `engine="llama-server"`: `LlamaServerBackend(model, parallel=batch_size, **options)`
@@ -30,6 +31,7 @@ def open_backend(model=None, *, engine: str | None = None, batch_size: int | Non
         model = settings.get("model")
         engine = engine or settings.get("engine")
         batch_size = batch_size or settings.get("batch_size")
+        options = {**settings.get("backend_options", {}), **options}
     engine = engine or "hf"
     batch_size = batch_size or 16
     if engine == "hf":

@@ -19,6 +19,15 @@ unless `repeat_penalty` is set: TALE's code decodes its raw wrapper with
 without one (LOG.md, 2026-12-06); a penalty other than 1.0 is part of the
 backend's identity, so runs with and without it never mix.
 
+`stop` strings end an answer where they first appear (the string is kept in
+the text; output tokens are those the server generated up to and including
+the one that completed it). ``stop=("]]",)`` is `prompts.ANSWER_STOP`: the
+answer ends at its first closed ``[[...]]``. Our reading, not TALE's: under
+TALE's raw wrapper nothing ends the turn, and the greedy 1.5B writes its
+answer and then loops ``[[end]]`` to the cap (LOG.md, 2026-12-06); TALE's
+code relies on a repetition penalty and sampling instead. Part of the identity
+when set.
+
 Greedy answers do not depend on what ran before: every request is sent with
 ``cache_prompt: false`` (a slot never continues from the KV cells its last
 request left, which evaluates the shared prefix once and the rest in another
@@ -93,7 +102,7 @@ class LlamaServerBackend:
                  ctx_per_slot: int = 2048, threads: int | None = None, repack: bool = False,
                  binary: str | None = None, start_timeout: float = 300.0, extra_args: Sequence[str] = (),
                  request_timeout: float = 1800.0, rendering: str = DEFAULT_RENDERING, exclusive: bool = True,
-                 repeat_penalty: float = 1.0):
+                 repeat_penalty: float = 1.0, stop: Sequence[str] = ()):
         if parallel < 1 or ctx_per_slot < 64:
             raise ValueError(f"need parallel >= 1 and ctx_per_slot >= 64, got {parallel}, {ctx_per_slot}")
         from ..models import ModelError, resolve_weights
@@ -106,6 +115,9 @@ class LlamaServerBackend:
         if not repeat_penalty > 0:
             raise ValueError(f"repeat_penalty must be > 0 (1.0: off), got {repeat_penalty}")
         self.repeat_penalty = float(repeat_penalty)
+        if isinstance(stop, str) or not all(isinstance(w, str) and w for w in stop):
+            raise ValueError(f"stop must be a sequence of non-empty strings, got {stop!r}")
+        self.stop = tuple(stop)
         self.parallel, self.ctx_per_slot, self.request_timeout = parallel, ctx_per_slot, request_timeout
         self.threads = threads or os.cpu_count() or 1
         check_threads(self.threads)  # warns when other work holds the cores llama.cpp's threads would spin on
@@ -137,6 +149,8 @@ class LlamaServerBackend:
                     "dtype": "gguf", "device": "cpu", "rendering": self.rendering}
         if self.repeat_penalty != 1.0:  # decoding that changes answers: part of every key (off: keys as before)
             identity["repeat_penalty"] = self.repeat_penalty
+        if self.stop:  # answers cut at a stop string: part of every key (none: keys as before)
+            identity["stop"] = list(self.stop)
         return identity
 
     def render(self, prompt: str, assistant_prefix: str | None = None) -> str:
@@ -166,6 +180,8 @@ class LlamaServerBackend:
         body = {"prompt": text, "n_predict": max_new_tokens, "temperature": temperature, "seed": seed,
                 "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": self.repeat_penalty, "cache_prompt": False,
                 "return_tokens": True, "stream": False}
+        if self.stop:
+            body["stop"] = list(self.stop)
         out = self._request("POST", "/completion", body)
         tokens = list(out.get("tokens") or [])
         if tokens and tokens[-1] in self._eog:
@@ -174,7 +190,10 @@ class LlamaServerBackend:
             raise LlamaServerError(f"prompt + answer exceed the slot's context ({self.n_ctx_slot} tokens): "
                                    f"start the backend with a larger ctx_per_slot")
         finish = "length" if out.get("stop_type") == "limit" else "stop"
-        return Generation(out.get("content", ""), len(tokens), finish)
+        text = out.get("content", "")
+        if out.get("stop_type") == "word":  # the server cuts the stop string off; the answer keeps it ("[[145]]")
+            text += out.get("stopping_word", "")
+        return Generation(text, len(tokens), finish)
 
     def _eog_ids(self) -> set[int]:
         """End-of-generation token ids, from the tokenizer (the special tokens the template ends turns with)."""
