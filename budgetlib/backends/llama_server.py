@@ -62,9 +62,9 @@ import os
 import shutil
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..prompts import DEFAULT_RENDERING, chat_messages, check_rendering, render_raw
 from .base import Generation, check_request, prefixes_for
@@ -163,13 +163,37 @@ class LlamaServerBackend:
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                  seed: int = 0, assistant_prefix: str | Sequence[str] | None = None) -> list[Generation]:
+        out: list[Generation | None] = [None] * len(prompts)
+        for i, g in self.generate_each(prompts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                       assistant_prefix=assistant_prefix):
+            out[i] = g
+        return out  # type: ignore[return-value]
+
+    def generate_each(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
+                      seed: int = 0, assistant_prefix: str | Sequence[str] | None = None
+                      ) -> Iterator[tuple[int, Generation]]:
+        """``(index, generation)`` pairs as the slots finish them (not in order): `CachedBackend` stores each
+        answer the moment it exists, so a killed run loses only the answers still being decoded. A request
+        that fails raises its error once every other request has finished and been yielded."""
         check_request(prompts, max_new_tokens, temperature)
         prefixes = prefixes_for(assistant_prefix, len(prompts))
         if not prompts:
-            return []
+            return
         jobs = [(self.render(p, pre), max_new_tokens, temperature, seed) for p, pre in zip(prompts, prefixes)]
         with ThreadPoolExecutor(max_workers=min(self.parallel, len(jobs))) as pool:
-            return list(pool.map(lambda job: self._one(*job), jobs))
+            futures = {pool.submit(self._one, *job): i for i, job in enumerate(jobs)}
+            failed: BaseException | None = None
+            try:
+                for future in as_completed(futures):
+                    if future.exception() is not None:
+                        failed = failed or future.exception()
+                        continue
+                    yield futures[future], future.result()
+            finally:
+                for future in futures:
+                    future.cancel()  # a consumer that stops early sends nothing more
+            if failed is not None:
+                raise failed
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` under the model's tokenizer (no special tokens parsed)."""
