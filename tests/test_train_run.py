@@ -109,3 +109,45 @@ def test_no_items_is_an_error(trained, tmp_path):
     with pytest.raises(ValueError, match="no training items for 'x'"):
         run(load_recipe("tale_pt_sft"), [], tmp_path)
     assert not trained
+
+
+def test_grpo_rollouts_on_vllm_are_colocated_and_keyed_by_the_engine_that_ran(monkeypatch, tmp_path):
+    """The full GRPO recipe samples with trl's vLLM generation where vllm and CUDA are there ("auto"), hf
+    elsewhere; "auto" never reaches a key, and hf runs keep the keys they had before rollouts existed."""
+    import importlib.util
+
+    import trl
+
+    from budgetlib.training import config as config_module
+
+    full = load_recipe("selfbudgeter_grpo", "full")
+    assert (full.rollouts, full.vllm_gpu_memory_utilization) == ("auto", 0.3)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real_find_spec(name, *a))
+    assert config_module.resolved_rollouts(full) == "hf"  # here: no vllm, no GPU
+    assert "rollouts" not in full.identity() and "vllm_gpu_memory_utilization" not in full.identity()
+    on_vllm = load_recipe("selfbudgeter_grpo", "full", rollouts="vllm")
+    assert on_vllm.identity()["rollouts"] == "vllm" and on_vllm.identity()["vllm_gpu_memory_utilization"] == 0.3
+    with pytest.raises(RecipeError, match="rollouts is GRPO's"):
+        load_recipe("tale_pt_sft", rollouts="vllm")
+    with pytest.raises(RecipeError, match="rollouts must be 'hf', 'vllm' or 'auto'"):
+        load_recipe("selfbudgeter_grpo", rollouts="sglang")
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def grpo_config(**kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(trl, "GRPOConfig", grpo_config)
+    config = load_recipe("selfbudgeter_grpo", "smoke", rollouts="vllm", vllm_gpu_memory_utilization=0.4, max_steps=1)
+    with pytest.raises(Stop):
+        train_module.train(config, GRPO, tmp_path / "vllm")
+    assert (seen["use_vllm"], seen["vllm_mode"], seen["vllm_gpu_memory_utilization"]) == (True, "colocate", 0.4)
+    seen.clear()
+    with pytest.raises(Stop):
+        train_module.train(load_recipe("selfbudgeter_grpo", "smoke", max_steps=1), GRPO, tmp_path / "hf")
+    assert seen["use_vllm"] is False and "vllm_mode" not in seen

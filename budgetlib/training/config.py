@@ -11,7 +11,7 @@ from typing import Literal, Union
 
 from .rewards import DEFAULT_REWARD, RewardConfig
 
-__all__ = ["TrainConfig", "load_recipe", "RECIPES_DIR", "RecipeError", "EXECUTION_ONLY", "DPO_BETA", "DRY_RUN_RECIPE"]
+__all__ = ["TrainConfig", "resolved_rollouts", "load_recipe", "RECIPES_DIR", "RecipeError", "EXECUTION_ONLY", "DPO_BETA", "DRY_RUN_RECIPE"]
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -21,6 +21,20 @@ DPO_BETA = 0.5
 
 #: fields that change how a run executes, not what it computes: not part of a run's identity
 EXECUTION_ONLY = ("fused_logprobs", "gradient_checkpointing")
+
+
+def resolved_rollouts(config: "TrainConfig") -> str:
+    """The GRPO rollout engine `config` runs with: its ``rollouts``, with "auto" resolved (vllm when vllm is
+    importable and a CUDA GPU is present, hf otherwise)."""
+    if config.rollouts != "auto":
+        return config.rollouts
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        return "hf"
+    import torch
+
+    return "vllm" if torch.cuda.is_available() else "hf"
 
 
 class RecipeError(ValueError):
@@ -61,6 +75,12 @@ class TrainConfig:
     # GRPO only: SelfBudgeter's reward (constants, alpha schedule, b_max rule, equations); part of the run's
     # identity, so a run trained on another reward is never reused. None -> the default for GRPO.
     reward: RewardConfig | None = None
+    # GRPO only: who samples the rollouts. "hf": the trainer's own transformers generate; "vllm": trl's vLLM
+    # generation colocated on the training GPU (vllm_mode "colocate"), vLLM taking vllm_gpu_memory_utilization
+    # of the GPU's memory and training the rest; "auto": vllm when vllm is importable and a CUDA GPU is
+    # present, else hf. The resolved engine is part of a run's identity (`resolved_rollouts`).
+    rollouts: str = "hf"
+    vllm_gpu_memory_utilization: float = 0.3
 
     def __post_init__(self):
         if self.kind not in ("sft", "dpo", "grpo"):
@@ -90,12 +110,24 @@ class TrainConfig:
                 raise RecipeError(f"reward must be a mapping of RewardConfig fields, got {self.reward!r}")
         elif self.reward is not None:
             raise RecipeError(f"reward is GRPO's; a {self.kind} run does not use it")
+        if self.rollouts not in ("hf", "vllm", "auto"):
+            raise RecipeError(f"rollouts must be 'hf', 'vllm' or 'auto', got {self.rollouts!r}")
+        if self.rollouts != "hf" and self.kind != "grpo":
+            raise RecipeError(f"rollouts is GRPO's; a {self.kind} run samples nothing, got rollouts={self.rollouts!r}")
+        if not 0 < self.vllm_gpu_memory_utilization < 1:
+            raise RecipeError(f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}")
 
     def identity(self) -> dict:
         """The fields that decide what a run computes (JSON-ready; `EXECUTION_ONLY` left out): the key
-        for a run's directory and for reusing a finished run."""
+        for a run's directory and for reusing a finished run. ``rollouts`` is the resolved engine ("auto"
+        never reaches a key); runs before rollouts existed sampled with hf and keep their keys."""
         values = json.loads(json.dumps(asdict(self), default=str))
-        return {k: v for k, v in values.items() if k not in EXECUTION_ONLY}
+        values = {k: v for k, v in values.items() if k not in EXECUTION_ONLY}
+        engine = resolved_rollouts(self)
+        values.pop("rollouts"), values.pop("vllm_gpu_memory_utilization")
+        if engine == "vllm":
+            values.update(rollouts="vllm", vllm_gpu_memory_utilization=self.vllm_gpu_memory_utilization)
+        return values
 
 
 def _check_keys(values: dict, cls, where: str) -> None:

@@ -27,7 +27,7 @@ from typing import Sequence
 from ..backends.hf import adapter_digest
 from ..models import resolve_weights
 from ..runs import Run, start_run
-from .config import TrainConfig
+from .config import TrainConfig, resolved_rollouts
 from .data import DPOPair, GRPOPrompt, SFTExample
 
 __all__ = ["TrainResult", "train", "train_run", "training_key", "items_hash", "adapter_digest",
@@ -136,9 +136,14 @@ def train(config: TrainConfig, items: Sequence[SFTExample | DPOPair | GRPOPrompt
 
         from .rewards import reward_function
 
+        rollouts = resolved_rollouts(config)
+        vllm = {}
+        if rollouts == "vllm":  # trl's vLLM generation on the training GPU; weights synced every step
+            vllm = dict(vllm_mode="colocate", vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization)
+        log.info("GRPO rollouts: %s", rollouts)
         args = GRPOConfig(num_generations=config.num_generations, temperature=config.temperature,
-                          max_completion_length=config.max_completion_length, beta=0.0, use_vllm=False,
-                          log_completions=False, **common)
+                          max_completion_length=config.max_completion_length, beta=0.0,
+                          use_vllm=rollouts == "vllm", log_completions=False, **vllm, **common)
         trainer = GRPOTrainer(model=base, reward_funcs=[reward_function(config.reward)], args=args, train_dataset=dataset,
                               processing_class=tokenizer, peft_config=lora)
     checkpoint = last_checkpoint(output_dir) if resume else None
