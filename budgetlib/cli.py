@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from . import data
@@ -53,6 +54,8 @@ def _train(args: argparse.Namespace) -> int:
     if config.kind != args.kind:
         raise ValueError(f"recipe {args.recipe!r} is for {config.kind}, not {args.kind}")
     result = train(config, load_jsonl(args.data), args.out, model=args.model, init_adapter=args.init_adapter)
+    if int(os.environ.get("RANK", "0")) != 0:  # `accelerate launch` / torchrun: the main process reports
+        return 0
     print(json.dumps({"adapter": str(result.adapter_dir), "global_step": result.global_step,
                       "resumed_from": result.resumed_from,
                       "final_loss": next((h["loss"] for h in reversed(result.log_history) if "loss" in h), None)}))

@@ -158,9 +158,10 @@ def train(config: TrainConfig, items: Sequence[SFTExample | DPOPair | GRPOPrompt
         trainer.train(resume_from_checkpoint=checkpoint)
     adapter_dir = output_dir / "adapter"
     history = list(trainer.state.log_history)
-    (output_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
-    (output_dir / "log_history.json").write_text(json.dumps(history, indent=2, default=str))
-    trainer.save_model(str(adapter_dir))  # last: the adapter's presence means the run finished
+    if trainer.is_world_process_zero():  # one writer under `accelerate launch` (several processes)
+        (output_dir / "train_config.json").write_text(json.dumps(asdict(config), indent=2, default=str))
+        (output_dir / "log_history.json").write_text(json.dumps(history, indent=2, default=str))
+    trainer.save_model(str(adapter_dir))  # last: the adapter's presence means the run finished (main process)
     return TrainResult(adapter_dir, history, trainer.state.global_step, checkpoint)
 
 
