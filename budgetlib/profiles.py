@@ -7,6 +7,9 @@ step that has no entry for a profile says why (``unavailable:``), and asking
 for it raises that reason. Datasets are ``[name, split, n]`` and come back as
 tuples, the form `data.load_available` takes.
 
+``BUDGETLIB_MAX_N=64`` caps every evaluation dataset (``data``, ``sweep``) at 64 questions, recorded as
+``max_n`` in the settings.
+
 A **dry run** (``BUDGETLIB_DRY_RUN=1``, or ``dry_run=True``; ``make
 dry-run-full``) keeps a profile's code paths (its engine, its datasets and
 recipes: gradient accumulation, activation checkpointing, the resume logic)
@@ -26,7 +29,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-__all__ = ["profile", "PROFILES", "PROFILES_FILE", "ProfileError", "ProfileUnavailable", "dry_run_active",
+__all__ = ["profile", "max_n", "PROFILES", "PROFILES_FILE", "ProfileError", "ProfileUnavailable", "dry_run_active",
            "DRY_RUN_TRAIN"]
 
 PROFILES = ("smoke", "medium", "full")
@@ -108,7 +111,27 @@ def profile(name: str, notebook: str, *, model: str | None = None, path: str | P
         settings["model"] = model
     if dry_run if dry_run is not None else dry_run_active():
         settings = _dry_run(settings, model)
+    cap = max_n()
+    if cap is not None:  # evaluation questions only; training questions keep their number
+        settings["max_n"] = cap
+        if "data" in settings:
+            settings["data"] = {k: (d, split, cap if n is None else min(n, cap))
+                                for k, (d, split, n) in settings["data"].items()}
+        if "sweep" in settings:
+            d, split, n = settings["sweep"]
+            settings["sweep"] = (d, split, cap if n is None else min(n, cap))
     return settings
+
+
+def max_n() -> int | None:
+    """``BUDGETLIB_MAX_N``: at most this many questions per evaluation dataset (e.g. notebook 01 on 64 GSM8K
+    questions in the full profile, benchmarks/gpu_check.sh); unset: the profile's numbers."""
+    value = os.environ.get("BUDGETLIB_MAX_N", "").strip()
+    if not value:
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise ProfileError(f"BUDGETLIB_MAX_N must be a positive integer, got {value!r}")
+    return int(value)
 
 
 def _dry_run(settings: dict[str, Any], model: str | None) -> dict[str, Any]:

@@ -99,3 +99,14 @@ def test_a_dry_run_keeps_the_full_profile_s_paths_at_toy_size(monkeypatch):
     assert profile("full", "03")["sweep"] == ("gsm8k", "test", 4)
     monkeypatch.setenv("BUDGETLIB_DRY_RUN", "0")
     assert "dry_run" not in profile("full", "03")
+
+
+def test_max_n_caps_the_evaluation_questions_only(monkeypatch):
+    monkeypatch.setenv("BUDGETLIB_MAX_N", "64")
+    full = profile("full", "05")
+    assert full["max_n"] == 64 and all(n == 64 for _, _, n in full["data"].values())
+    assert full["train"] == ("gsm8k", "train", 4000)  # training questions keep their number
+    assert profile("medium", "03")["sweep"] == ("gsm8k", "test", 32)  # already below the cap
+    monkeypatch.setenv("BUDGETLIB_MAX_N", "lots")
+    with pytest.raises(ProfileError, match="BUDGETLIB_MAX_N must be a positive integer, got 'lots'"):
+        profile("full", "01")
