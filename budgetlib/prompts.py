@@ -9,12 +9,13 @@ tokens:", and the zero-shot estimator prompt is TALE-EP's.
 
 from __future__ import annotations
 
+import re
 import string
 from dataclasses import dataclass
 
 __all__ = ["PromptTemplate", "ANSWER_FORMAT", "DIRECT", "VANILLA_COT", "BUDGETED_COT", "BUDGETED_COT_WORDS",
            "BUDGETED_COT_STRICT", "BUDGET_WORDINGS", "TALE_EP_ESTIMATE", "SELFBUDGETER", "TEMPLATES", "ANSWER_CUE", "render_chat",
-           "RENDERINGS", "ANSWER_STOP", "DEFAULT_RENDERING", "TALE_SYSTEM", "chat_messages", "render_raw", "check_rendering"]
+           "RENDERINGS", "ANSWER_CLOSE", "STOP_AT_ANSWER", "closes_answer", "DEFAULT_RENDERING", "TALE_SYSTEM", "chat_messages", "render_raw", "check_rendering"]
 
 ANSWER_FORMAT = ("Please give the response by strictly following this format: [[answer]], "
                  "for example: Answer: [[50]].")
@@ -84,10 +85,24 @@ SELFBUDGETER = PromptTemplate(
 # Budget forcing (s1's idea, our wording): when the reasoning reaches its budget, this is appended to it and
 # the model writes only the answer after it, in the format every prompt asks for ("Answer: [[50]]").
 ANSWER_CUE = "\n\nAnswer: [["
-# A stop string that ends an answer at its first closed [[...]] (`LlamaServerBackend(stop=ANSWER_STOP)`). Our
-# reading, not TALE's: under TALE's raw wrapper nothing ends the turn and the greedy 1.5B loops "[[end]]" after
-# its answer to the token cap (LOG.md, 2026-12-06).
-ANSWER_STOP = ("]]",)
+# Stop at the answer (`stop_at_answer=True` on the llama.cpp and vLLM backends): an answer ends at its first
+# closed [[...]] that holds a digit; a placeholder such as "[[answer]]" (the format line's own words, which the
+# 1.5B writes before its number in 8 of 64 GSM8K answers) does not end it. Our reading, not TALE's: under TALE's
+# raw wrapper nothing ends the turn and the greedy 1.5B loops "[[end]]" after its answer to the token cap
+# (LOG.md, 2026-12-06); TALE's code relies on a repetition penalty and sampling instead.
+ANSWER_CLOSE = "]]"
+STOP_AT_ANSWER = "first [[...]] holding a digit, v1"  # what a backend's identity records (bump when the rule changes)
+_CLOSED_ANSWER = re.compile(r"\[\[([^\[\]]*)\]\]\s*$")
+
+
+def closes_answer(text: str) -> bool:
+    """Whether `text` ends with a closed ``[[...]]`` holding a digit: where `stop_at_answer` ends an answer.
+
+    >>> closes_answer("so 16 - 7 = 9 [[9]]"), closes_answer("the result is [[answer]]"), closes_answer("[[1")
+    (True, False, False)
+    """
+    m = _CLOSED_ANSWER.search(text)
+    return bool(m and any(ch.isdigit() for ch in m.group(1)))
 
 TEMPLATES = {t.name: t for t in (DIRECT, VANILLA_COT, BUDGETED_COT, BUDGETED_COT_WORDS, BUDGETED_COT_STRICT,
                                   TALE_EP_ESTIMATE, SELFBUDGETER)}

@@ -96,16 +96,21 @@ def main():
                     else:  # TALE's raw wrapper
                         message, prefix = prompt.split("\nUser: ", 1)[1].rsplit("\nAssistant:", 1)
                     penalty = body.get("repeat_penalty", 1.0)  # say a penalty that is on, so tests can see it
-                    words = ((f"(penalty {penalty})" if penalty != 1.0 else "") + (f"(after {prefix})" if prefix else "")
-                             + " echo: " + message).split()
+                    script = ("(penalty {penalty}) ".format(penalty=penalty) if penalty != 1.0 else "") + "echo: " + message
+                    if prefix and script.startswith(prefix.strip()):  # a continuation of its own answer: the rest
+                        words = script[len(prefix.strip()):].split()
+                    else:
+                        words = ((f"(penalty {penalty})" if penalty != 1.0 else "")
+                                 + (f"(after {prefix})" if prefix else "") + " echo: " + message).split()
                     n = body["n_predict"]
                     out = words[:n]
                     stopped = len(words) < n
                     tokens = [len(w) for w in out] + ([EOG] if stopped else [])
-                    content, stop_type = " ".join(out), "eos" if stopped else "limit"
+                    lead = " " if prefix and script.startswith(prefix.strip()) else ""
+                    content, stop_type = lead + " ".join(out), "eos" if stopped else "limit"
                     reply = {}
                     for k in range(len(out)):  # as llama-server: stop at the word (token) that completes a
-                        text = " ".join(out[:k + 1])  # stop string, cut the text before it, no end token
+                        text = lead + " ".join(out[:k + 1])  # stop string, cut the text before it, no end token
                         hit = min((w for w in body.get("stop", []) if w in text), key=text.find, default=None)
                         if hit is not None:
                             content, stop_type, tokens = text[:text.find(hit)], "word", tokens[:k + 1]

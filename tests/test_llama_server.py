@@ -193,7 +193,7 @@ def test_open_backend_reads_a_profile_s_settings(fake_binary, tmp_path, monkeypa
     """What every notebook does: open_backend(SETTINGS) with a profile's mapping picks its engine and slots."""
     from budgetlib.backends import open_backend
     from budgetlib.profiles import profile
-    from budgetlib.prompts import ANSWER_STOP
+    from budgetlib.prompts import STOP_AT_ANSWER
 
     exe, gguf = fake_binary
     monkeypatch.setenv("FAKE_LLAMA_ARGV_FILE", str(tmp_path / "argv.json"))
@@ -202,10 +202,10 @@ def test_open_backend_reads_a_profile_s_settings(fake_binary, tmp_path, monkeypa
     with open_backend(settings, progress=False, binary=str(exe)) as b:
         assert isinstance(b, LlamaServerBackend) and b.parallel == 8
         # the medium profile renders as TALE's code does and stops at the first closed [[...]] (our reading)
-        assert (b.rendering, b.stop) == ("tale_raw", ANSWER_STOP)
-        assert b.identity()["rendering"] == "tale_raw" and b.identity()["stop"] == ["]]"]
+        assert (b.rendering, b.stop_at_answer) == ("tale_raw", True)
+        assert b.identity()["rendering"] == "tale_raw" and b.identity()["stop_at_answer"] == STOP_AT_ANSWER
     with open_backend(settings, rendering="chat_helpful", binary=str(exe)) as b:  # arguments win over the profile's
-        assert (b.rendering, b.stop) == ("chat_helpful", ANSWER_STOP)
+        assert (b.rendering, b.stop_at_answer) == ("chat_helpful", True)
     argv = json.loads((tmp_path / "argv.json").read_text())
     assert argv[argv.index("-np") + 1] == "8" and argv[argv.index("-m") + 1] == str(gguf)
     with pytest.raises(ValueError, match="cannot load a peft LoRA adapter"):
@@ -282,30 +282,30 @@ def test_a_repeat_penalty_is_sent_and_part_of_the_identity(fake_binary, tmp_path
         LlamaServerBackend(gguf, repeat_penalty=0, **kw)
 
 
-def test_a_stop_string_ends_the_answer_keeps_the_string_and_counts_tokens_up_to_it(fake_binary):
-    """`stop=("]]",)` (prompts.ANSWER_STOP, our reading for TALE's raw wrapper): the answer ends at its first
-    closed [[...]], the text keeps "]]" so the judge reads it, the tokens are those up to the one that completed
-    it, finish is "stop"; in the identity when set, absent (keys as before) when not."""
+def test_stop_at_answer_ends_at_the_first_numeric_answer_past_placeholders(fake_binary):
+    """`stop_at_answer=True` (the medium profile's, our reading for TALE's raw wrapper): the answer ends at its
+    first closed [[...]] holding a digit; "[[answer]]" (the format line's placeholder) does not end it, the
+    answer goes on from there (a second request, its tokens added); the text keeps "]]" so the judge reads it;
+    finish is "stop"; in the identity when on, absent (keys as before) when off."""
     from budgetlib.answers import extract_answer
-    from budgetlib.prompts import ANSWER_STOP
+    from budgetlib.prompts import STOP_AT_ANSWER
 
     exe, gguf = fake_binary
     kw = dict(parallel=1, ctx_per_slot=512, threads=1, binary=str(exe), start_timeout=30, rendering="tale_raw")
-    question = "so [[1450]] then [[end]] [[end]]"
+    question = "so [[answer]] then [[1450]] [[end]] [[end]]"
     with LlamaServerBackend(gguf, **kw) as plain:
-        assert "stop" not in plain.identity()
+        assert "stop_at_answer" not in plain.identity()
         (g,) = plain.generate([question], max_new_tokens=32)
-        assert g.text == "echo: " + question and g.n_output_tokens == 6
-    with LlamaServerBackend(gguf, stop=ANSWER_STOP, **kw) as cut:
-        assert cut.identity()["stop"] == ["]]"]
+        assert g.text == "echo: " + question and g.n_output_tokens == 7
+    with LlamaServerBackend(gguf, stop_at_answer=True, **kw) as cut:
+        assert cut.identity()["stop_at_answer"] == STOP_AT_ANSWER
         (g, never) = cut.generate([question, "no answer here"], max_new_tokens=32)
-        assert g.text == "echo: so [[1450]]" and g.n_output_tokens == 3 and g.finish_reason == "stop"
-        assert extract_answer(g.text) == "1450"
+        assert g.text == "echo: so [[answer]] then [[1450]]" and g.finish_reason == "stop"
+        assert g.n_output_tokens == 5 and extract_answer(g.text) == "1450"
         assert never.text == "echo: no answer here" and never.n_output_tokens == 4
-        (capped,) = cut.generate([question], max_new_tokens=2)
-        assert capped.text == "echo: so" and capped.finish_reason == "length"
-    with pytest.raises(ValueError, match="stop must be a sequence of non-empty strings"):
-        LlamaServerBackend(gguf, stop="]]", **kw)
+        (capped,) = cut.generate([question], max_new_tokens=4)  # the cap falls after the placeholder
+        assert capped.text == "echo: so [[answer]] then" and capped.finish_reason == "length"
+        assert capped.n_output_tokens == 4
 
 
 def test_the_cache_keeps_every_answer_finished_before_a_request_failed(fake_binary, tmp_path):

@@ -46,7 +46,7 @@ def test_the_smoke_profile_keeps_the_values_the_notebooks_had():
     assert profile("smoke", "07")["train"] == ("synthetic", "train", 96)
     assert profile("medium", "03")["wordings"] == ["tokens", "words"]
     assert profile("medium", "01")["data"]["svamp"] == ("svamp", "test", 64)  # n >= 64 for a paper effect
-    assert profile("medium", "01")["backend_options"] == {"rendering": "tale_raw", "stop": ["]]"]}
+    assert profile("medium", "01")["backend_options"] == {"rendering": "tale_raw", "stop_at_answer": True}
     assert profile("full", "02")["data"]["gsm8k/train"] == ("gsm8k", "train", 4000)
 
 

@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from budgetlib.backends import open_backend, pick_engine
-from budgetlib.prompts import ANSWER_STOP
+from budgetlib.prompts import STOP_AT_ANSWER
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class _Completion:
-    def __init__(self, text, token_ids, finish_reason):
-        self.text, self.token_ids, self.finish_reason = text, token_ids, finish_reason
+    def __init__(self, text, token_ids, finish_reason, stop_reason=None):
+        self.text, self.token_ids, self.finish_reason, self.stop_reason = text, token_ids, finish_reason, stop_reason
 
 
 class _StandInLLM:
@@ -36,9 +36,10 @@ class _StandInLLM:
         self.tokenizer = AutoTokenizer.from_pretrained(kwargs["tokenizer"])
         self.calls = []
         eos = self.tokenizer.convert_tokens_to_ids("<|im_end|>")
-        self.script = [("Sure [[7]]", [101, 102, eos], "stop"),  # ended its turn: the end token is not counted
-                       ("a long one", [5, 6, 7, 8], "length"),  # hit the cap: every token counts
-                       ("so [[12]]", [9, 10], "stop")]  # a stop string (vLLM keeps no end token then)
+        self.script = [("Sure [[7]]", [101, 102, eos], "stop", None),  # ended its turn: end token not counted
+                       ("a long one", [5, 6, 7, 8], "length", None),  # hit the cap: every token counts
+                       ("so [[answer]]", [9, 10], "stop", "]]")]  # stopped at a placeholder: goes on
+        self.continuation = (" [[12]]", [11], "stop", "]]")  # ... to its numeric answer
         _StandInLLM.made.append(self)
 
     def get_tokenizer(self):
@@ -46,6 +47,8 @@ class _StandInLLM:
 
     def generate(self, prompts, params, use_tqdm, lora_request):
         self.calls.append((prompts, params, lora_request))
+        if len(self.calls) == 2 and len(prompts) == 1:  # the placeholder's continuation
+            return [types.SimpleNamespace(outputs=[_Completion(*self.continuation)])]
         return [types.SimpleNamespace(outputs=[_Completion(*self.script[i % 3])]) for i in range(len(prompts))]
 
 
@@ -72,19 +75,21 @@ def test_vllm_backend_hands_vllm_the_hf_token_ids_and_counts_as_the_other_backen
 
     model_dir = embedded_model_dir("smollm2-135m")
     b = open_backend(str(model_dir), engine="vllm", tensor_parallel_size=2, gpu_memory_utilization=0.6,
-                     stop=ANSWER_STOP)
+                     stop_at_answer=True)
     assert isinstance(b, VLLMBackend)
     (llm,) = stand_in_vllm.made
     assert llm.kwargs["trust_remote_code"] is False and llm.kwargs["enable_prefix_caching"] is True
     assert (llm.kwargs["tensor_parallel_size"], llm.kwargs["gpu_memory_utilization"]) == (2, 0.6)
     assert llm.kwargs["dtype"] == "bfloat16" and llm.kwargs["model"] == str(model_dir)
     identity = b.identity()
-    assert (identity["backend"], identity["device"], identity["stop"]) == ("vllm", "cuda", ["]]"])
+    assert (identity["backend"], identity["device"], identity["stop_at_answer"]) == ("vllm", "cuda", STOP_AT_ANSWER)
 
     gens = b.generate(["1+6?", "long?", "4*3?"], max_new_tokens=4, assistant_prefix=[None, None, "so "])
     assert [(g.text, g.n_output_tokens, g.finish_reason) for g in gens] == [
-        ("Sure [[7]]", 2, "stop"), ("a long one", 4, "length"), ("so [[12]]", 2, "stop")]
+        ("Sure [[7]]", 2, "stop"), ("a long one", 4, "length"), ("so [[answer]] [[12]]", 3, "stop")]
     prompts, params, lora = llm.calls[0]
+    (more,), (more_params,), _ = llm.calls[1]  # the placeholder's answer went on from its own token ids
+    assert more["prompt_token_ids"] == prompts[2]["prompt_token_ids"] + [9, 10] and more_params["max_tokens"] == 2
     # the same ids HFBackend feeds the model: the rendered chat (prefix included), no special tokens added
     expected = [b.tokenizer(b.render(p, pre), add_special_tokens=False).input_ids
                 for p, pre in [("1+6?", None), ("long?", None), ("4*3?", "so ")]]
@@ -94,7 +99,7 @@ def test_vllm_backend_hands_vllm_the_hf_token_ids_and_counts_as_the_other_backen
     assert all(p["stop"] == ["]]"] and p["include_stop_str_in_output"] for p in params) and lora is None
 
     b.generate(["x", "x"], max_new_tokens=4, temperature=0.7, seed=3)  # identical prompts draw differently
-    assert [p["seed"] for p in llm.calls[1][1]] == [3 * SEED_STRIDE, 3 * SEED_STRIDE + 1]
+    assert [p["seed"] for p in llm.calls[2][1]] == [3 * SEED_STRIDE, 3 * SEED_STRIDE + 1]
     with pytest.raises(ValueError, match="never runs a model's remote code"):
         open_backend(str(model_dir), engine="vllm", trust_remote_code=True)
 

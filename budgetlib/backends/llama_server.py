@@ -19,14 +19,15 @@ unless `repeat_penalty` is set: TALE's code decodes its raw wrapper with
 without one (LOG.md, 2026-12-06); a penalty other than 1.0 is part of the
 backend's identity, so runs with and without it never mix.
 
-`stop` strings end an answer where they first appear (the string is kept in
-the text; output tokens are those the server generated up to and including
-the one that completed it). ``stop=("]]",)`` is `prompts.ANSWER_STOP`: the
-answer ends at its first closed ``[[...]]``. Our reading, not TALE's: under
-TALE's raw wrapper nothing ends the turn, and the greedy 1.5B writes its
-answer and then loops ``[[end]]`` to the cap (LOG.md, 2026-12-06); TALE's
-code relies on a repetition penalty and sampling instead. Part of the identity
-when set.
+`stop_at_answer` ends an answer at its first closed ``[[...]]`` that holds a
+digit (`prompts.closes_answer`; the text keeps it, the output tokens are all
+those generated up to it). The server stops at every ``]]``; where the closed
+bracket is a placeholder such as ``[[answer]]``, generation goes on from the
+text so far (another request, the tokens added up) until a numeric one or the
+cap. Our reading, not TALE's: under TALE's raw wrapper nothing ends the turn,
+and the greedy 1.5B writes its answer and then loops ``[[end]]`` to the cap
+(LOG.md, 2026-12-06); TALE's code relies on a repetition penalty and sampling
+instead. Part of the identity when on.
 
 Greedy answers do not depend on what ran before: every request is sent with
 ``cache_prompt: false`` (a slot never continues from the KV cells its last
@@ -66,7 +67,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..prompts import DEFAULT_RENDERING, chat_messages, check_rendering, render_raw
+from ..prompts import ANSWER_CLOSE, DEFAULT_RENDERING, STOP_AT_ANSWER, chat_messages, check_rendering, closes_answer, render_raw
 from .base import Generation, check_request, prefixes_for
 from .cores import EngineBusy, check_threads, claim_engine, release_engine
 from .server_process import ServerCrashed, ServerProcess, free_port
@@ -102,7 +103,7 @@ class LlamaServerBackend:
                  ctx_per_slot: int = 2048, threads: int | None = None, repack: bool = False,
                  binary: str | None = None, start_timeout: float = 300.0, extra_args: Sequence[str] = (),
                  request_timeout: float = 1800.0, rendering: str = DEFAULT_RENDERING, exclusive: bool = True,
-                 repeat_penalty: float = 1.0, stop: Sequence[str] = ()):
+                 repeat_penalty: float = 1.0, stop_at_answer: bool = False):
         if parallel < 1 or ctx_per_slot < 64:
             raise ValueError(f"need parallel >= 1 and ctx_per_slot >= 64, got {parallel}, {ctx_per_slot}")
         from ..models import ModelError, resolve_weights
@@ -115,9 +116,7 @@ class LlamaServerBackend:
         if not repeat_penalty > 0:
             raise ValueError(f"repeat_penalty must be > 0 (1.0: off), got {repeat_penalty}")
         self.repeat_penalty = float(repeat_penalty)
-        if isinstance(stop, str) or not all(isinstance(w, str) and w for w in stop):
-            raise ValueError(f"stop must be a sequence of non-empty strings, got {stop!r}")
-        self.stop = tuple(stop)
+        self.stop_at_answer = bool(stop_at_answer)
         self.parallel, self.ctx_per_slot, self.request_timeout = parallel, ctx_per_slot, request_timeout
         self.threads = threads or os.cpu_count() or 1
         check_threads(self.threads)  # warns when other work holds the cores llama.cpp's threads would spin on
@@ -149,8 +148,8 @@ class LlamaServerBackend:
                     "dtype": "gguf", "device": "cpu", "rendering": self.rendering}
         if self.repeat_penalty != 1.0:  # decoding that changes answers: part of every key (off: keys as before)
             identity["repeat_penalty"] = self.repeat_penalty
-        if self.stop:  # answers cut at a stop string: part of every key (none: keys as before)
-            identity["stop"] = list(self.stop)
+        if self.stop_at_answer:  # answers end at their first numeric [[...]]: part of every key (off: as before)
+            identity["stop_at_answer"] = STOP_AT_ANSWER
         return identity
 
     def render(self, prompt: str, assistant_prefix: str | None = None) -> str:
@@ -201,23 +200,29 @@ class LlamaServerBackend:
 
     # --- internals --------------------------------------------------------
     def _one(self, text: str, max_new_tokens: int, temperature: float, seed: int) -> Generation:
-        body = {"prompt": text, "n_predict": max_new_tokens, "temperature": temperature, "seed": seed,
-                "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": self.repeat_penalty, "cache_prompt": False,
-                "return_tokens": True, "stream": False}
-        if self.stop:
-            body["stop"] = list(self.stop)
-        out = self._request("POST", "/completion", body)
-        tokens = list(out.get("tokens") or [])
-        if tokens and tokens[-1] in self._eog:
-            tokens = tokens[:-1]
-        if out.get("truncated"):
-            raise LlamaServerError(f"prompt + answer exceed the slot's context ({self.n_ctx_slot} tokens): "
-                                   f"start the backend with a larger ctx_per_slot")
-        finish = "length" if out.get("stop_type") == "limit" else "stop"
-        text = out.get("content", "")
-        if out.get("stop_type") == "word":  # the server cuts the stop string off; the answer keeps it ("[[145]]")
-            text += out.get("stopping_word", "")
-        return Generation(text, len(tokens), finish)
+        answer, n_tokens = "", 0
+        while True:  # more than one request only when stop_at_answer stopped at a placeholder like [[answer]]
+            body = {"prompt": text + answer, "n_predict": max_new_tokens - n_tokens, "temperature": temperature,
+                    "seed": seed, "top_k": 0, "top_p": 1.0, "min_p": 0.0, "repeat_penalty": self.repeat_penalty,
+                    "cache_prompt": False, "return_tokens": True, "stream": False}
+            if self.stop_at_answer:
+                body["stop"] = [ANSWER_CLOSE]
+            out = self._request("POST", "/completion", body)
+            if out.get("truncated"):
+                raise LlamaServerError(f"prompt + answer exceed the slot's context ({self.n_ctx_slot} tokens): "
+                                       f"start the backend with a larger ctx_per_slot")
+            tokens = list(out.get("tokens") or [])
+            if tokens and tokens[-1] in self._eog:
+                tokens = tokens[:-1]
+            n_tokens += len(tokens)
+            answer += out.get("content", "")
+            at_stop = out.get("stop_type") == "word"
+            if at_stop:  # the server cuts the stop string off; the answer keeps it ("[[145]]")
+                answer += out.get("stopping_word", "")
+            if not at_stop or closes_answer(answer):
+                return Generation(answer, n_tokens, "length" if out.get("stop_type") == "limit" else "stop")
+            if n_tokens >= max_new_tokens:
+                return Generation(answer, n_tokens, "length")
 
     def _eog_ids(self) -> set[int]:
         """End-of-generation token ids, from the tokenizer (the special tokens the template ends turns with)."""

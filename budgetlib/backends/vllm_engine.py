@@ -18,9 +18,11 @@ Output tokens are the ids vLLM generated, minus a trailing end-of-sequence
 token (vLLM keeps the EOS id it stopped on in ``token_ids`` and drops it
 from the text): no prompt, no EOS, the definition of `HFBackend` and
 `LlamaServerBackend`. `finish_reason` is vLLM's ("length" stays "length",
-everything else is "stop"). `stop` strings end an answer where they first
-appear, kept in the text (``include_stop_str_in_output``), as
-`LlamaServerBackend(stop=...)` does; set, they are part of the identity.
+everything else is "stop"). `stop_at_answer` ends an answer at its first
+closed ``[[...]]`` holding a digit, as `LlamaServerBackend(stop_at_answer=True)`
+does: vLLM stops at every ``]]`` (kept in the text), and an answer stopped at
+a placeholder like ``[[answer]]`` goes on from its own token ids; part of the
+identity when on.
 
 Decoding: temperature 0 is greedy; above 0 plain temperature sampling
 (top-p 1, top-k off) with a per-prompt seed derived from `seed` and the
@@ -45,7 +47,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..prompts import DEFAULT_RENDERING, check_rendering, render_chat
+from ..prompts import ANSWER_CLOSE, DEFAULT_RENDERING, STOP_AT_ANSWER, check_rendering, closes_answer, render_chat
 from .base import Generation, check_request, prefixes_for
 
 __all__ = ["VLLMBackend", "vllm_available", "SEED_STRIDE"]
@@ -64,7 +66,7 @@ class VLLMBackend:
     def __init__(self, model: str | os.PathLike | None = None, *, revision: str | None = None,
                  dtype: str | None = None, tensor_parallel_size: int = 1, gpu_memory_utilization: float = 0.85,
                  max_model_len: int | None = 4096, enable_prefix_caching: bool = True,
-                 rendering: str = DEFAULT_RENDERING, stop: Sequence[str] = (),
+                 rendering: str = DEFAULT_RENDERING, stop_at_answer: bool = False,
                  adapter: str | os.PathLike | None = None, max_lora_rank: int = 64, **engine_args: Any):
         import vllm
         from vllm.platforms import current_platform
@@ -75,12 +77,10 @@ class VLLMBackend:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
         if not 0 < gpu_memory_utilization <= 1:
             raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
-        if isinstance(stop, str) or not all(isinstance(w, str) and w for w in stop):
-            raise ValueError(f"stop must be a sequence of non-empty strings, got {stop!r}")
         if "trust_remote_code" in engine_args:
             raise ValueError("budgetlib never runs a model's remote code: drop trust_remote_code")
         self.rendering = check_rendering(rendering)
-        self.stop = tuple(stop)
+        self.stop_at_answer = bool(stop_at_answer)
         self.device = str(current_platform.device_type)
         self.dtype = dtype or ("bfloat16" if self.device == "cuda" else "float32")
         source, self.model_id, self.revision = resolve_weights(model, revision)
@@ -110,8 +110,8 @@ class VLLMBackend:
     def identity(self) -> dict[str, Any]:
         identity = {"model": self.model_id, "revision": self.revision, "backend": "vllm", "dtype": self.dtype,
                     "device": self.device, "adapter": self.adapter, "rendering": self.rendering}
-        if self.stop:
-            identity["stop"] = list(self.stop)
+        if self.stop_at_answer:
+            identity["stop_at_answer"] = STOP_AT_ANSWER
         return identity
 
     def render(self, prompt: str, assistant_prefix: str | None = None) -> str:
@@ -127,21 +127,33 @@ class VLLMBackend:
             return []
         ids = [self.tokenizer(self.render(p, pre), add_special_tokens=False).input_ids
                for p, pre in zip(prompts, prefixes)]
-        params = [SamplingParams(max_tokens=max_new_tokens, temperature=temperature, top_p=1.0, top_k=0,
-                                 seed=None if temperature == 0 else seed * SEED_STRIDE + i, stop=list(self.stop),
-                                 include_stop_str_in_output=True, skip_special_tokens=True)
-                  for i in range(len(ids))]
-        outputs = self.llm.generate([{"prompt_token_ids": x} for x in ids], params, use_tqdm=False,
-                                    lora_request=self._lora)
-        return [self._generation(out.outputs[0]) for out in outputs]
+        texts, tokens, finish = [""] * len(ids), [[] for _ in ids], ["stop"] * len(ids)
+        todo = list(range(len(ids)))
+        while todo:  # again only for answers stop_at_answer stopped at a placeholder like [[answer]]
+            params = [SamplingParams(max_tokens=max_new_tokens - len(tokens[i]), temperature=temperature, top_p=1.0,
+                                     top_k=0, seed=None if temperature == 0 else seed * SEED_STRIDE + i,
+                                     stop=[ANSWER_CLOSE] if self.stop_at_answer else [],
+                                     include_stop_str_in_output=True, skip_special_tokens=True) for i in todo]
+            outputs = self.llm.generate([{"prompt_token_ids": ids[i] + tokens[i]} for i in todo], params,
+                                        use_tqdm=False, lora_request=self._lora)
+            again = []
+            for i, out in zip(todo, outputs):
+                done = out.outputs[0]
+                texts[i] += done.text
+                tokens[i] += list(done.token_ids)
+                finish[i] = "length" if done.finish_reason == "length" else "stop"
+                at_placeholder = done.stop_reason == ANSWER_CLOSE and not closes_answer(texts[i])
+                if at_placeholder and len(tokens[i]) < max_new_tokens:
+                    again.append(i)
+                elif at_placeholder:
+                    finish[i] = "length"
+            todo = again
+        return [self._generation(t, k, f) for t, k, f in zip(texts, tokens, finish)]
 
-    def _generation(self, completion) -> Generation:
-        tokens = list(completion.token_ids)
-        if completion.finish_reason == "length":
-            return Generation(completion.text, len(tokens), "length")
-        if tokens and tokens[-1] in self.eos_ids:
-            tokens = tokens[:-1]
-        return Generation(completion.text, len(tokens), "stop")
+    def _generation(self, text: str, tokens: list[int], finish: str) -> Generation:
+        if finish == "stop" and tokens and tokens[-1] in self.eos_ids:
+            tokens = tokens[:-1]  # vLLM keeps the end token it stopped on in token_ids (not in the text)
+        return Generation(text, len(tokens), finish)  # type: ignore[arg-type]
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer(text, add_special_tokens=False).input_ids)
