@@ -315,10 +315,12 @@ def test_the_cache_keeps_every_answer_finished_before_a_request_failed(fake_bina
 
     exe, gguf = fake_binary
     with LlamaServerBackend(gguf, parallel=2, ctx_per_slot=512, threads=1, binary=str(exe), start_timeout=30) as b:
-        cached = CachedBackend(b, tmp_path / "gen.sqlite", enabled=True)
+        cached = CachedBackend(b, tmp_path / "gen.sqlite", enabled=True)  # the notebook's cache
+        run = CachedBackend(cached, tmp_path / "run.sqlite", enabled=True)  # a run's own, stacked on it
         with pytest.raises(LlamaServerError, match="exceed the slot's context"):
-            cached.generate(["one", "TOO_LONG two", "three"], max_new_tokens=8)
-        again = CachedBackend(b, tmp_path / "gen.sqlite", enabled=True)
-        texts = [g.text for g in again.generate(["one", "three"], max_new_tokens=8)]
-        assert texts == ["echo: one", "echo: three"] and (again.hits, again.misses) == (2, 0)
+            run.generate(["one", "TOO_LONG two", "three", "one"], max_new_tokens=8)
+        for path in ("gen.sqlite", "run.sqlite"):  # both caches kept both finished answers
+            again = CachedBackend(b, tmp_path / path, enabled=True)
+            texts = [g.text for g in again.generate(["one", "three"], max_new_tokens=8)]
+            assert texts == ["echo: one", "echo: three"] and (again.hits, again.misses) == (2, 0)
         assert [g.text for g in b.generate(["three", "one"], max_new_tokens=8)] == ["echo: three", "echo: one"]

@@ -90,39 +90,59 @@ class CachedBackend:
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                  seed: int = 0, assistant_prefix: str | Sequence[str] | None = None) -> list[Generation]:
+        out: list[Generation | None] = [None] * len(prompts)
+        for i, g in self.generate_each(prompts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                                       assistant_prefix=assistant_prefix):
+            out[i] = g
+        return out  # type: ignore[return-value]
+
+    def generate_each(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
+                      seed: int = 0, assistant_prefix: str | Sequence[str] | None = None
+                      ) -> Iterator[tuple[int, Generation]]:
+        """``(index, generation)`` pairs: the hits first, then the misses as the backend finishes them, each
+        stored the moment it exists when the backend has ``generate_each`` (so caches stacked on one another,
+        a run's over the notebook's, each keep every finished answer)."""
         check_request(prompts, max_new_tokens, temperature)
         if not self.enabled or (temperature > 0 and not self.sampled):
-            return self.backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
-                                         seed=seed, assistant_prefix=assistant_prefix)
+            fresh = self.backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                          seed=seed, assistant_prefix=assistant_prefix)
+            yield from enumerate(fresh)
+            return
         prefixes = prefixes_for(assistant_prefix, len(prompts))
         keys = [self.key(p, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
                          assistant_prefix=pre) for p, pre in zip(prompts, prefixes)]
         found = self._lookup(set(keys))
         missing = [i for i, k in enumerate(keys) if k not in found]
+        self.hits += len(prompts) - len(missing)
+        self.misses += len(missing)
+        for i, k in enumerate(keys):
+            if k in found:
+                yield i, found[k]
         todo, queued = [], set()  # the same request twice in one call is generated once
         for i in missing:
             if keys[i] not in queued:
                 queued.add(keys[i])
                 todo.append(i)
-        if todo:
-            request = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                           assistant_prefix=[prefixes[i] for i in todo])
-            each = getattr(self.backend, "generate_each", None)
-            if each is not None:  # stored one by one as they finish: a kill loses only unfinished answers
-                for j, g in each([prompts[i] for i in todo], **request):
-                    self._store({keys[todo[j]]: g})
-                    found[keys[todo[j]]] = g
-            else:
-                fresh = self.backend.generate([prompts[i] for i in todo], **request)
-                if len(fresh) != len(todo):
-                    raise RuntimeError(f"backend {self.model_id!r} returned {len(fresh)} generations "
-                                       f"for {len(todo)} prompts")
-                new = {keys[i]: g for i, g in zip(todo, fresh)}
-                self._store(new)
-                found.update(new)
-        self.hits += len(prompts) - len(missing)
-        self.misses += len(missing)
-        return [found[k] for k in keys]
+        if not todo:
+            return
+        twins = {k: [i for i in missing if keys[i] == k] for k in queued}
+        request = dict(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                       assistant_prefix=[prefixes[i] for i in todo])
+        each = getattr(self.backend, "generate_each", None)
+        if each is not None:  # stored one by one as they finish: a kill loses only unfinished answers
+            pairs = ((todo[j], g) for j, g in each([prompts[i] for i in todo], **request))
+        else:
+            fresh = self.backend.generate([prompts[i] for i in todo], **request)
+            if len(fresh) != len(todo):
+                raise RuntimeError(f"backend {self.model_id!r} returned {len(fresh)} generations "
+                                   f"for {len(todo)} prompts")
+            self._store({keys[i]: g for i, g in zip(todo, fresh)})
+            pairs = zip(todo, fresh)
+        for i, g in pairs:
+            if each is not None:
+                self._store({keys[i]: g})
+            for twin in twins[keys[i]]:
+                yield twin, g
 
     def _lookup(self, keys: set[str]) -> dict[str, Generation]:
         found: dict[str, Generation] = {}
