@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 __all__ = ["PromptTemplate", "ANSWER_FORMAT", "DIRECT", "VANILLA_COT", "BUDGETED_COT", "BUDGETED_COT_WORDS",
            "BUDGETED_COT_STRICT", "BUDGET_WORDINGS", "TALE_EP_ESTIMATE", "SELFBUDGETER", "TEMPLATES", "ANSWER_CUE", "render_chat",
-           "RENDERINGS", "ANSWER_CLOSE", "STOP_AT_ANSWER", "closes_answer", "DEFAULT_RENDERING", "TALE_SYSTEM", "chat_messages", "render_raw", "check_rendering"]
+           "RENDERINGS", "ANSWER_CLOSE", "MAX_PLACEHOLDERS", "STOP_AT_ANSWER", "closes_answer", "DEFAULT_RENDERING", "TALE_SYSTEM", "chat_messages", "render_raw", "check_rendering"]
 
 ANSWER_FORMAT = ("Please give the response by strictly following this format: [[answer]], "
                  "for example: Answer: [[50]].")
@@ -90,7 +90,10 @@ ANSWER_CUE = "\n\nAnswer: [["
 # 1.5B writes before its number in 8 of 64 GSM8K answers) does not end it. Our reading, not TALE's: under TALE's
 # raw wrapper nothing ends the turn and the greedy 1.5B loops "[[end]]" after its answer to the token cap
 # (LOG.md, 2026-12-06); TALE's code relies on a repetition penalty and sampling instead.
+# An answer also ends at its third closed bracket (MAX_PLACEHOLDERS read past): a model that loops "[[answer]]"
+# has no number to give. v1 is this rule in full (the guard was added before any v1 answer read past 2).
 ANSWER_CLOSE = "]]"
+MAX_PLACEHOLDERS = 2
 STOP_AT_ANSWER = "first [[...]] holding a digit, v1"  # what a backend's identity records (bump when the rule changes)
 _CLOSED_ANSWER = re.compile(r"\[\[([^\[\]]*)\]\]\s*$")
 

@@ -303,6 +303,9 @@ def test_stop_at_answer_ends_at_the_first_numeric_answer_past_placeholders(fake_
         assert g.text == "echo: so [[answer]] then [[1450]]" and g.finish_reason == "stop"
         assert g.n_output_tokens == 5 and extract_answer(g.text) == "1450"
         assert never.text == "echo: no answer here" and never.n_output_tokens == 4
+        (looping,) = cut.generate(["[[answer]] [[answer]] [[answer]] [[answer]] [[7]]"], max_new_tokens=32)
+        assert looping.text == "echo: [[answer]] [[answer]] [[answer]]"  # a third placeholder ends it
+        assert (looping.n_output_tokens, looping.finish_reason) == (4, "stop")
         (capped,) = cut.generate([question], max_new_tokens=4)  # the cap falls after the placeholder
         assert capped.text == "echo: so [[answer]] then" and capped.finish_reason == "length"
         assert capped.n_output_tokens == 4

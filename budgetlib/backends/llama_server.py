@@ -23,8 +23,10 @@ backend's identity, so runs with and without it never mix.
 digit (`prompts.closes_answer`; the text keeps it, the output tokens are all
 those generated up to it). The server stops at every ``]]``; where the closed
 bracket is a placeholder such as ``[[answer]]``, generation goes on from the
-text so far (another request, the tokens added up) until a numeric one or the
-cap. Our reading, not TALE's: under TALE's raw wrapper nothing ends the turn,
+text so far (another request, the tokens added up) until a numeric one, the
+cap, or a third closed bracket (`prompts.MAX_PLACEHOLDERS`: a model that
+loops ``[[answer]] [[answer]] ...`` has no number to give, and each
+continuation re-reads the whole prompt). Our reading, not TALE's: under TALE's raw wrapper nothing ends the turn,
 and the greedy 1.5B writes its answer and then loops ``[[end]]`` to the cap
 (LOG.md, 2026-12-06); TALE's code relies on a repetition penalty and sampling
 instead. Part of the identity when on.
@@ -67,7 +69,7 @@ from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from ..prompts import ANSWER_CLOSE, DEFAULT_RENDERING, STOP_AT_ANSWER, chat_messages, check_rendering, closes_answer, render_raw
+from ..prompts import ANSWER_CLOSE, DEFAULT_RENDERING, MAX_PLACEHOLDERS, STOP_AT_ANSWER, chat_messages, check_rendering, closes_answer, render_raw
 from .base import Generation, check_request, prefixes_for
 from .cores import EngineBusy, check_threads, claim_engine, release_engine
 from .server_process import ServerCrashed, ServerProcess, free_port
@@ -219,7 +221,7 @@ class LlamaServerBackend:
             at_stop = out.get("stop_type") == "word"
             if at_stop:  # the server cuts the stop string off; the answer keeps it ("[[145]]")
                 answer += out.get("stopping_word", "")
-            if not at_stop or closes_answer(answer):
+            if not at_stop or closes_answer(answer) or answer.count(ANSWER_CLOSE) > MAX_PLACEHOLDERS:
                 return Generation(answer, n_tokens, "length" if out.get("stop_type") == "limit" else "stop")
             if n_tokens >= max_new_tokens:
                 return Generation(answer, n_tokens, "length")

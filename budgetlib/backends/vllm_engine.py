@@ -47,7 +47,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..prompts import ANSWER_CLOSE, DEFAULT_RENDERING, STOP_AT_ANSWER, check_rendering, closes_answer, render_chat
+from ..prompts import ANSWER_CLOSE, DEFAULT_RENDERING, MAX_PLACEHOLDERS, STOP_AT_ANSWER, check_rendering, closes_answer, render_chat
 from .base import Generation, check_request, prefixes_for
 
 __all__ = ["VLLMBackend", "vllm_available", "SEED_STRIDE"]
@@ -142,7 +142,8 @@ class VLLMBackend:
                 texts[i] += done.text
                 tokens[i] += list(done.token_ids)
                 finish[i] = "length" if done.finish_reason == "length" else "stop"
-                at_placeholder = done.stop_reason == ANSWER_CLOSE and not closes_answer(texts[i])
+                at_placeholder = (done.stop_reason == ANSWER_CLOSE and not closes_answer(texts[i])
+                                  and texts[i].count(ANSWER_CLOSE) <= MAX_PLACEHOLDERS)
                 if at_placeholder and len(tokens[i]) < max_new_tokens:
                     again.append(i)
                 elif at_placeholder:
