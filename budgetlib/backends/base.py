@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterable, Literal, Protocol, Sequence, runtime_checkable
 
-__all__ = ["Generation", "Backend", "check_request", "prefixes_for", "PrefillUnsupported", "generate_in_batches"]
+__all__ = ["Generation", "Backend", "check_request", "prefixes_for", "in_order", "PrefillUnsupported", "generate_in_batches"]
 
 FinishReason = Literal["stop", "length"]
 
@@ -61,6 +61,17 @@ def check_request(prompts: Sequence[str], max_new_tokens: int, temperature: floa
         raise ValueError(f"max_new_tokens must be a positive integer, got {max_new_tokens!r}")
     if temperature < 0:
         raise ValueError(f"temperature must be >= 0, got {temperature}")
+
+
+def in_order(pairs: Iterable[tuple[int, Generation]], n: int) -> list[Generation]:
+    """The generations of ``(index, generation)`` pairs (a backend's ``generate_each``), in index order."""
+    out: list[Generation | None] = [None] * n
+    for i, g in pairs:
+        out[i] = g
+    missing = [i for i, g in enumerate(out) if g is None]
+    if missing:
+        raise RuntimeError(f"no generation for prompt {missing[0]} ({len(missing)} of {n} missing)")
+    return out  # type: ignore[return-value]
 
 
 def prefixes_for(assistant_prefix: str | Sequence[str] | None, n: int) -> list[str | None]:

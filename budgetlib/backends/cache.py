@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..paths import cache_dir
-from .base import Backend, Generation, check_request, prefixes_for
+from .base import Backend, Generation, check_request, in_order, prefixes_for
 
 __all__ = ["CachedBackend", "default_cache_path", "cache_enabled_by_env"]
 
@@ -90,11 +90,8 @@ class CachedBackend:
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                  seed: int = 0, assistant_prefix: str | Sequence[str] | None = None) -> list[Generation]:
-        out: list[Generation | None] = [None] * len(prompts)
-        for i, g in self.generate_each(prompts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                                       assistant_prefix=assistant_prefix):
-            out[i] = g
-        return out  # type: ignore[return-value]
+        return in_order(self.generate_each(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                           seed=seed, assistant_prefix=assistant_prefix), len(prompts))
 
     def generate_each(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                       seed: int = 0, assistant_prefix: str | Sequence[str] | None = None

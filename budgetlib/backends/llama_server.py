@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..prompts import ANSWER_CLOSE, DEFAULT_RENDERING, MAX_PLACEHOLDERS, STOP_AT_ANSWER, chat_messages, check_rendering, closes_answer, render_raw
-from .base import Generation, check_request, prefixes_for
+from .base import Generation, check_request, in_order, prefixes_for
 from .cores import EngineBusy, check_threads, claim_engine, release_engine
 from .server_process import ServerCrashed, ServerProcess, free_port
 
@@ -164,11 +164,8 @@ class LlamaServerBackend:
 
     def generate(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                  seed: int = 0, assistant_prefix: str | Sequence[str] | None = None) -> list[Generation]:
-        out: list[Generation | None] = [None] * len(prompts)
-        for i, g in self.generate_each(prompts, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
-                                       assistant_prefix=assistant_prefix):
-            out[i] = g
-        return out  # type: ignore[return-value]
+        return in_order(self.generate_each(prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                           seed=seed, assistant_prefix=assistant_prefix), len(prompts))
 
     def generate_each(self, prompts: Sequence[str], *, max_new_tokens: int, temperature: float = 0.0,
                       seed: int = 0, assistant_prefix: str | Sequence[str] | None = None
