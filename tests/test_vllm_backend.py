@@ -122,15 +122,14 @@ def test_vllm_backend_serves_one_lora_adapter_and_names_it(stand_in_vllm, tmp_pa
 
 
 def test_the_full_profile_picks_vllm_only_with_vllm_and_a_cuda_gpu(monkeypatch, capsys):
-    import budgetlib.backends as backends
     import budgetlib.backends.vllm_engine as vllm_engine
 
     monkeypatch.setattr(vllm_engine, "vllm_available", lambda: False)
     assert pick_engine("auto") == "hf" and "vllm is not installed" in capsys.readouterr().out
     monkeypatch.setattr(vllm_engine, "vllm_available", lambda: True)
-    monkeypatch.setattr(backends, "_cuda_available", lambda: False)
+    monkeypatch.setattr(vllm_engine, "cuda_available", lambda: False)
     assert pick_engine("auto") == "hf" and "no CUDA GPU" in capsys.readouterr().out
-    monkeypatch.setattr(backends, "_cuda_available", lambda: True)
+    monkeypatch.setattr(vllm_engine, "cuda_available", lambda: True)
     assert pick_engine("auto") == "vllm" and "a CUDA GPU is present" in capsys.readouterr().out
     assert pick_engine("auto", {"adapter": ["a", "b"]}) == "hf" and "stacked" in capsys.readouterr().out
     assert pick_engine("llama-server") == "llama-server" and capsys.readouterr().out == ""

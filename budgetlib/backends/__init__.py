@@ -24,7 +24,7 @@ def open_backend(model=None, *, engine: str | None = None, batch_size: int | Non
                  **options):
     """The backend a notebook's settings name: ``open_backend(SETTINGS)`` with a `profiles.profile`
     mapping (its ``model``, ``engine``, ``batch_size`` and ``backend_options``, e.g. the medium profile's
-    ``rendering`` and ``stop``), or ``open_backend(model, engine=...)``.
+    ``rendering`` and ``stop_at_answer``), or ``open_backend(model, engine=...)``.
 
     `engine="hf"`: `HFBackend(model, batch_size=..., progress=..., **options)` (``adapter=`` evaluates a
     LoRA adapter); `engine="llama-server"`: `LlamaServerBackend(model, parallel=batch_size, **options)`
@@ -62,13 +62,13 @@ def pick_engine(engine: str, options: Mapping | None = None) -> str:
     and a CUDA GPU is present (and no stacked adapters are asked for), else ``"hf"``."""
     if engine != "auto":
         return engine
-    from .vllm_engine import vllm_available
+    from .vllm_engine import cuda_available, vllm_available
 
     adapter = (options or {}).get("adapter")
     stacked = adapter is not None and not isinstance(adapter, (str, os.PathLike))
     if not vllm_available():
         picked, why = "hf", "vllm is not installed (pip install vllm on a CUDA machine)"
-    elif not _cuda_available():
+    elif not cuda_available():
         picked, why = "hf", "no CUDA GPU"
     elif stacked:
         picked, why = "hf", "stacked LoRA adapters (vLLM serves one)"
@@ -77,14 +77,6 @@ def pick_engine(engine: str, options: Mapping | None = None) -> str:
     log.warning("engine 'auto' -> %s: %s", picked, why)
     print(f"engine 'auto' -> {picked}: {why}")
     return picked
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
 def __getattr__(name):  # HFBackend imports torch: load it only when asked for

@@ -50,7 +50,7 @@ from typing import Any, Sequence
 from ..prompts import ANSWER_CLOSE, DEFAULT_RENDERING, MAX_PLACEHOLDERS, STOP_AT_ANSWER, check_rendering, closes_answer, render_chat
 from .base import Generation, check_request, prefixes_for
 
-__all__ = ["VLLMBackend", "vllm_available", "SEED_STRIDE"]
+__all__ = ["VLLMBackend", "vllm_available", "cuda_available", "SEED_STRIDE"]
 
 SEED_STRIDE = 1_000_003  # prompt i of a call with seed s samples with seed s * SEED_STRIDE + i
 
@@ -60,6 +60,16 @@ def vllm_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("vllm") is not None
+
+
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA GPU (False without torch). With `vllm_available`, what "auto" asks of a machine
+    for vLLM generation (`backends.pick_engine`) and vLLM rollouts (`training.config.resolved_rollouts`)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
 
 
 class VLLMBackend:

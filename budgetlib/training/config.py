@@ -28,13 +28,9 @@ def resolved_rollouts(config: "TrainConfig") -> str:
     importable and a CUDA GPU is present, hf otherwise)."""
     if config.rollouts != "auto":
         return config.rollouts
-    import importlib.util
+    from ..backends.vllm_engine import cuda_available, vllm_available
 
-    if importlib.util.find_spec("vllm") is None:
-        return "hf"
-    import torch
-
-    return "vllm" if torch.cuda.is_available() else "hf"
+    return "vllm" if vllm_available() and cuda_available() else "hf"
 
 
 class RecipeError(ValueError):
