@@ -109,6 +109,44 @@ def test_a_crash_at_start_reports_signal_and_log_tail(fake_binary, monkeypatch):
     assert "repacking weights ... general protection fault" in str(err.value)  # the log's last lines
 
 
+def _dead(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return any(line.startswith("State:") and "Z" in line.split()[1] for line in f)  # a zombie is dead
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_the_server_dies_with_a_killed_parent(fake_binary, tmp_path):
+    """A kernel killed with SIGKILL runs no atexit: the server must not outlive it (it would spin on the cores)."""
+    import subprocess
+    import time
+
+    exe, gguf = fake_binary
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    script = (f"import pathlib, time\nimport budgetlib.backends.cores as cores\n"
+              f"cores._engines_dir = lambda: pathlib.Path({str(engines)!r})\n"
+              f"from budgetlib.backends.llama_server import LlamaServerBackend\n"
+              f"b = LlamaServerBackend({str(gguf)!r}, parallel=1, threads=1, binary={str(exe)!r}, start_timeout=30)\n"
+              f"print(b.server.proc.pid, flush=True)\ntime.sleep(120)\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        server_pid = int(parent.stdout.readline())
+        assert not _dead(server_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while not _dead(server_pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _dead(server_pid), f"llama-server {server_pid} outlived the process that started it"
+    finally:
+        parent.kill()
+        if not _dead(server_pid):
+            os.kill(server_pid, signal.SIGKILL)
+
+
 def test_a_server_that_never_answers_times_out_with_its_log(tmp_path):
     port = free_port()
     cmd = [sys.executable, "-c", "import time; print('loading', flush=True); time.sleep(30)"]

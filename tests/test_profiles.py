@@ -44,7 +44,8 @@ def test_the_smoke_profile_keeps_the_values_the_notebooks_had():
                             "gsm8k": ("gsm8k", "test", 8)}}
     assert profile("smoke", "03")["sweep"] == ("synthetic", "test", 24)  # 16 before: now notebook 01's questions
     assert profile("smoke", "07")["train"] == ("synthetic", "train", 96)
-    assert profile("medium", "03")["wordings"] == ["tokens", "words"]
+    assert profile("medium", "03")["wordings"] == ["tokens"]
+    assert profile("medium", "03")["sweep"] == ("gsm8k", "test", 64)  # notebook 01's 64 questions
     assert profile("medium", "01")["data"]["svamp"] == ("svamp", "test", 64)  # n >= 64 for a paper effect
     assert profile("medium", "01")["backend_options"] == {"rendering": "tale_raw", "stop_at_answer": True}
     assert profile("full", "02")["data"]["gsm8k/train"] == ("gsm8k", "train", 4000)
@@ -106,7 +107,8 @@ def test_max_n_caps_the_evaluation_questions_only(monkeypatch):
     full = profile("full", "05")
     assert full["max_n"] == 64 and all(n == 64 for _, _, n in full["data"].values())
     assert full["train"] == ("gsm8k", "train", 4000)  # training questions keep their number
-    assert profile("medium", "03")["sweep"] == ("gsm8k", "test", 32)  # already below the cap
+    assert profile("medium", "03")["sweep"] == ("gsm8k", "test", 64)  # not above the cap
+    assert profile("medium", "03")["data"]["gsm8k/test"] == ("gsm8k", "test", 32)  # below it
     monkeypatch.setenv("BUDGETLIB_MAX_N", "lots")
     with pytest.raises(ProfileError, match="BUDGETLIB_MAX_N must be a positive integer, got 'lots'"):
         profile("full", "01")

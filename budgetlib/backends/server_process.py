@@ -6,6 +6,10 @@ until it answers 200, and raises `ServerCrashed` with the exit status (the
 signal by name when it was killed by one, e.g. a segfault) and the log's last
 lines if the process dies, or `ServerTimeout` if it never answers. A backend
 that loses its server mid-run asks `check()`, which raises the same errors.
+
+On Linux the server dies with the process that started it (``PR_SET_PDEATHSIG``):
+a notebook kernel killed mid-run (SIGTERM or SIGKILL, where ``atexit`` never
+runs) leaves no llama.cpp server behind spinning on the cores.
 """
 
 from __future__ import annotations
@@ -29,6 +33,23 @@ class ServerCrashed(RuntimeError):
 
 class ServerTimeout(RuntimeError):
     """The server did not answer its health check in time."""
+
+
+def _parent_death_signal():
+    """A `preexec_fn` for Linux: the child gets SIGTERM when its parent dies (resolved before the fork, so the
+    child only makes one libc call), or None elsewhere."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm = 1, int(signal.SIGTERM)
+    return lambda: prctl(pr_set_pdeathsig, sigterm)
 
 
 def free_port() -> int:
@@ -75,7 +96,7 @@ class ServerProcess:
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, preexec_fn=_parent_death_signal())
         try:
             self._wait_healthy(start_timeout)
         except BaseException:
