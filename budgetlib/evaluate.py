@@ -16,7 +16,7 @@ from .answers import extract_answer, is_correct
 from .backends.base import Backend, Generation, generate_in_batches
 from .data import Problem, check_problems, problems_digest
 from .estimators import BudgetEstimate, BudgetEstimator
-from .prompts import ANSWER_CUE, BUDGET_WORDINGS, BUDGETED_COT, DIRECT, VANILLA_COT, PromptTemplate
+from .prompts import ANSWER_CLOSE, ANSWER_CUE, BUDGET_WORDINGS, BUDGETED_COT, DIRECT, VANILLA_COT, PromptTemplate
 from .runs import Run, reuse
 from .tokens import DEFAULT_PRICES, PriceTable, count_tokens, expense
 
@@ -122,9 +122,12 @@ def force_answers(backend: Backend, prompts: Sequence[str], budgets: Sequence[in
                   cue: str = ANSWER_CUE) -> list[tuple[Generation, bool]]:
     """Budget forcing: each prompt's answer generated up to its budget; one that hits the budget gets
     `cue` appended (a prefill of the assistant turn) and up to `answer_tokens` more tokens, its answer.
-    Returns (generation, forced) per prompt: the text is reasoning + cue + answer, `n_output_tokens`
-    counts all three (the cue with the backend's tokenizer, `text_tokens`: everything the reader pays
-    for), `finish_reason` is that of the last phase ("length" only if the answer did not end)."""
+    The answer ends at its first `prompts.ANSWER_CLOSE` (the cue opened the brackets): what a model writes
+    after it ("16]] [[dollars]] [[per day]]") is dropped from the text and the count, as a stop at "]]"
+    would (our reading; without it the judge read the last bracket, "per day"). Returns (generation,
+    forced) per prompt: the text is reasoning + cue + answer, `n_output_tokens` counts all three (the cue,
+    and an answer cut short, with the backend's tokenizer, `text_tokens`: everything the reader pays for),
+    `finish_reason` is "stop" when the answer closed, else that of the answer's generation."""
     if len(prompts) != len(budgets):
         raise ValueError(f"got {len(budgets)} budgets for {len(prompts)} prompts")
     out: list[tuple[Generation, bool] | None] = [None] * len(prompts)
@@ -143,8 +146,14 @@ def force_answers(backend: Backend, prompts: Sequence[str], budgets: Sequence[in
         if len(answers) != len(cut):
             raise RuntimeError(f"backend {backend.model_id!r} returned {len(answers)} generations for {len(cut)}")
         for (i, g), a in zip(cut, answers):
-            out[i] = (Generation(g.text + cue + a.text, g.n_output_tokens + cue_tokens + a.n_output_tokens,
-                                 a.finish_reason), True)
+            answer, n_answer, finish = a.text, a.n_output_tokens, a.finish_reason
+            end = answer.find(ANSWER_CLOSE)
+            if end >= 0:
+                finish = "stop"
+                if answer[end + len(ANSWER_CLOSE):].strip():
+                    answer = answer[:end + len(ANSWER_CLOSE)]
+                    n_answer = min(n_answer, text_tokens(backend, answer))
+            out[i] = (Generation(g.text + cue + answer, g.n_output_tokens + cue_tokens + n_answer, finish), True)
     return out  # type: ignore[return-value]
 
 
@@ -278,7 +287,7 @@ def evaluate_run(backend: Backend, problems: Sequence[Problem], method: Method, 
     if method.estimator is not None:  # a run is defined by the budgets it was given
         config["estimates"] = [[e.budget, e.source] for e in estimates]
     if method.forced:  # budget forcing: how the answer is forced decides it too
-        config["forced"] = {"cue": ANSWER_CUE, "answer_tokens": ANSWER_TOKENS}
+        config["forced"] = {"cue": ANSWER_CUE, "answer_tokens": ANSWER_TOKENS, "answer_ends_at": ANSWER_CLOSE}
 
     def compute(run: Run) -> Evaluation:  # rows appended chunk by chunk, answers kept as they arrive
         return evaluate(run.keep_answers(backend), problems, method, max_new_tokens=max_new_tokens, run=run,

@@ -163,7 +163,7 @@ def test_budget_forcing_cuts_the_reasoning_and_forces_the_answer(problems):
     def respond(prompt, max_new_tokens, temperature, seed, prefix):
         if prefix is not None:  # the forced answer: 7, then the closing brackets
             assert prefix.endswith(ANSWER_CUE) and len(prefix.split()) == 10 + 2
-            return "7]] done"
+            return "7]] [[dollars]] [[per day]]" if "Yara" in prompt else "7]] done"
         n = 5 if "Jun" in prompt else 40  # one question reasons briefly, the others at length
         return " ".join(["step"] * n) + " Answer: [[3]]"
 
@@ -173,9 +173,10 @@ def test_budget_forcing_cuts_the_reasoning_and_forces_the_answer(problems):
     for row in ev.rows:
         if row in short:  # ended within its budget: kept as it was
             assert (row["forced"], row["n_output_tokens"], row["prediction"]) == (False, 7, "3")
-        else:  # 10 reasoning tokens + the cue's 2 + the answer's 2
-            assert (row["forced"], row["n_output_tokens"], row["prediction"]) == (True, 14, "7")
-            assert row["output"] == " ".join(["step"] * 10) + ANSWER_CUE + "7]] done"
+        else:  # 10 reasoning tokens + the cue's 2 + the answer up to its first "]]" (1)
+            # what a model writes after the answer's "]]" is not its answer: the judge read "per day" before
+            assert (row["forced"], row["n_output_tokens"], row["prediction"]) == (True, 13, "7")
+            assert row["output"] == " ".join(["step"] * 10) + ANSWER_CUE + "7]]"
             assert row["finish_reason"] == "stop"
     assert 0 < len(short) < 4 and ev.summary["forced_rate"] == (4 - len(short)) / 4
     assert ev.summary["truncated_rate"] == 0
