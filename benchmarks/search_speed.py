@@ -20,8 +20,8 @@ model at the defaults: about 4 minutes.
     python benchmarks/search_speed.py [--n 32] [--max-new-tokens 128] [--batch-size 32] [--model ID]
 
 With ``--engine llama-server`` (``make install-medium``) the same comparison runs on llama.cpp's server, as the
-medium profile does (``--batch-size`` slots, TALE's raw rendering, answers ending at their first numeric
-``[[...]]``), e.g. ``--engine llama-server --model qwen2.5-coder-0.5b --data gsm8k --batch-size 8
+medium profile does (its model and `backend_options` from ``profiles.yaml``: TALE's raw rendering, answers
+ending at their first numeric ``[[...]]``; ``--batch-size`` slots), e.g. ``--engine llama-server --model qwen2.5-coder-0.5b --data gsm8k --batch-size 8
 --max-new-tokens 1024``. There the sequential reference sends one prompt at a time to the same server, so the
 ratio is bounded by what the server's slots decode together over one request alone; the raw-generate overhead
 is measured on ``hf`` only (it would double the run).
@@ -89,11 +89,11 @@ def main() -> None:
     env = environment_info()
     if args.engine == "hf":
         backend = HFBackend(args.model, batch_size=args.batch_size, progress=False)
-    else:
-        from budgetlib.backends.llama_server import LlamaServerBackend
+    else:  # the medium profile's engine and options (profiles.yaml), --batch-size slots
+        from budgetlib.backends import open_backend
+        from budgetlib.profiles import profile
 
-        backend = LlamaServerBackend(args.model or "qwen2.5-coder-0.5b", parallel=args.batch_size,
-                                     rendering="tale_raw", stop_at_answer=True)
+        backend = open_backend(profile("medium", "02", model=args.model), batch_size=args.batch_size)
     problems = data.load(args.data, "train", limit=args.n)
     backend.generate(["warm-up"], max_new_tokens=4)
     kw = dict(max_new_tokens=args.max_new_tokens)
