@@ -119,3 +119,51 @@ def test_to_dataset():
     examples, _ = build_sft_examples(FakeBackend(model), PROBLEMS, RESULTS, max_new_tokens=64)
     ds = to_dataset(examples)
     assert ds.num_rows == 2 and {"prompt", "completion"} <= set(ds.column_names)
+
+
+def sampler(prompt, max_new_tokens, temperature, seed, prefix):
+    """Greedy: 30 tokens, right except for p1. Samples (seed 1, 2): p0 right in 12 (seed 1) and 8 (seed 2)
+    tokens; p1 right only in a 50-token answer (cut at 40); p2 wrong at 5 tokens; p3 right in 30 (a tie)."""
+    i = int(re.search(r"What is (\d+)", prompt).group(1))
+    if temperature == 0:
+        n, right = 30, i != 1
+    else:
+        n, right = {0: (12 if seed == 1 else 8, True), 1: (50, True), 2: (5, False), 3: (30, True)}[i]
+    return " ".join(["w"] * (n - 1)) + f" [[{i + 1 if right else i + 7}]]"
+
+
+def test_shortest_correct_of_samples_targets():
+    from budgetlib.training.data import build_shortest_correct_examples
+
+    backend = FakeBackend(sampler)
+    examples, report = build_shortest_correct_examples(backend, PROBLEMS, samples=2, temperature=0.7,
+                                                       max_new_tokens=40)
+    assert [(e.id, e.n_tokens, e.budget, e.source) for e in examples] == [
+        ("p0", 8, 8, "shortest_sampled"), ("p2", 30, 30, "shortest_greedy"), ("p3", 30, 30, "shortest_greedy")]
+    assert examples[0].prompt.endswith("Let's think step by step:\n") and examples[0].completion.endswith("[[1]]")
+    assert report.skipped == {"no correct answer among the greedy one and 2 samples": 1}  # p1: cut at 40
+    assert report.stats == {"from_greedy": 2, "from_samples": 1, "mean_target_tokens": 68 / 3,
+                            "mean_greedy_tokens_same_questions": 30.0, "accuracy_per_draw": [0.75, 0.5, 0.5]}
+    assert len(backend.calls) == 3  # one pass per draw, every question in it
+    with pytest.raises(ValueError, match="temperature > 0"):
+        build_shortest_correct_examples(backend, PROBLEMS, samples=2, temperature=0.0, max_new_tokens=40)
+    with pytest.raises(ValueError, match="no correct answer among 1 answers to any of 1"):
+        build_shortest_correct_examples(backend, PROBLEMS[1:2], samples=0, temperature=0.0, max_new_tokens=40)
+
+
+def test_sampled_data_runs_keep_draws_and_are_keyed_by_the_sampling(tmp_path):
+    from budgetlib.training.data import build_shortest_correct_examples, sampled_sft_data_run
+
+    kw = dict(samples=2, temperature=0.7, max_new_tokens=40, dataset="toy", profile="smoke", step="05",
+              root=tmp_path)
+    backend = FakeBackend(sampler)
+    examples, run = sampled_sft_data_run(backend, PROBLEMS, **kw)
+    assert examples == build_shortest_correct_examples(FakeBackend(sampler), PROBLEMS, samples=2, temperature=0.7,
+                                                       max_new_tokens=40)[0]
+    assert run.summary()["stats"]["from_samples"] == 1 and run.summary()["kept"] == 3
+    calls = len(backend.calls)
+    assert sampled_sft_data_run(backend, PROBLEMS, **kw)[1].dir == run.dir and len(backend.calls) == calls
+    dirs = {run.dir, sampled_sft_data_run(backend, PROBLEMS, **{**kw, "seed": 5})[1].dir,
+            sampled_sft_data_run(backend, PROBLEMS, **{**kw, "temperature": 1.0})[1].dir,
+            sampled_sft_data_run(backend, PROBLEMS, **{**kw, "samples": 3})[1].dir}
+    assert len(dirs) == 4

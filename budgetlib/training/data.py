@@ -6,6 +6,11 @@
   the vanilla answer, so the budgeted answer is generated once at β0 and kept
   only if correct. Questions without an optimal budget are skipped and
   counted.
+- Shortest correct of samples (our extension, issue 21): where the stated
+  budget collapses the answer (the embedded Qwen2.5-Coder models), the search
+  yields almost no targets, so the target is the shortest correct answer among
+  the greedy vanilla answer and a few sampled ones, under the vanilla prompt
+  (rejection sampling for brevity: the model's own answers, only shorter).
 - Budget-conditioned SFT: the same target, with the searched budget stated in
   the prompt (at inference a budget estimator supplies it).
 - DPO pairs: chosen = the budgeted correct answer, rejected = the vanilla CoT
@@ -31,7 +36,7 @@ from ..prompts import BUDGETED_COT, VANILLA_COT
 
 __all__ = ["LeakageError", "check_no_overlap", "drop_overlap",
            "SFTExample", "DPOPair", "GRPOPrompt", "BuildReport", "build_sft_examples", "build_dpo_pairs", "data_run",
-           "sft_data_run", "dpo_data_run", "results_hash", "rows_to_items", "load_jsonl", "to_dataset"]
+           "sft_data_run", "dpo_data_run", "build_shortest_correct_examples", "sampled_sft_data_run", "results_hash", "rows_to_items", "load_jsonl", "to_dataset"]
 
 
 @dataclass(frozen=True)
@@ -41,7 +46,7 @@ class SFTExample:
     completion: str
     budget: int
     n_tokens: int
-    source: str  # "search" (the searched answer) or "regenerated_at_beta0"
+    source: str  # "search", "regenerated_at_beta0", or "shortest_greedy" / "shortest_sampled" (of samples)
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ class BuildReport:
     n_results: int = 0
     kept: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    stats: dict[str, Any] = field(default_factory=dict)
 
     def skip(self, reason: str) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
@@ -129,6 +135,50 @@ def build_sft_examples(backend: Backend, problems: Sequence[Problem], results, *
     return examples, report
 
 
+def build_shortest_correct_examples(backend: Backend, problems: Sequence[Problem], *, samples: int,
+                                    temperature: float, max_new_tokens: int, seed: int = 0,
+                                    batch_size: int | None = None) -> tuple[list[SFTExample], BuildReport]:
+    """SFT examples whose target is the shortest correct answer among the greedy vanilla CoT answer and
+    `samples` answers sampled at `temperature` (seeds ``seed + 1 ... seed + samples``), all under the vanilla
+    prompt (our extension: TALE takes the answer at the searched budget). An answer cut at `max_new_tokens`
+    (finish "length") is never a target; ties go to the greedy answer, then the earlier sample. The
+    example's budget is its target's token count. `report.stats` says how many targets came from the greedy
+    answer and how long they are against the greedy answers of the same questions. Raises when no question
+    has a correct answer."""
+    check_problems(problems, "build training data from")
+    if samples < 0 or (samples and temperature <= 0):
+        raise ValueError(f"samples must be >= 0 and temperature > 0 to sample, got samples={samples}, "
+                         f"temperature={temperature}")
+    prompts = [VANILLA_COT.render(p.question) for p in problems]
+    draw = partial(generate_in_batches, backend, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    draws = [draw(temperature=0.0, seed=seed)] + [draw(temperature=temperature, seed=seed + j)
+                                                  for j in range(1, samples + 1)]
+    report = BuildReport(n_results=len(problems))
+    examples, greedy_tokens = [], []
+    for i, problem in enumerate(problems):
+        correct = [(g.n_output_tokens, j, g) for j, g in enumerate(d[i] for d in draws)
+                   if g.finish_reason != "length" and is_correct(extract_answer(g.text), problem.answer)]
+        if not correct:
+            report.skip(f"no correct answer among the greedy one and {samples} samples")
+            continue
+        n_tokens, j, g = min(correct, key=lambda c: c[:2])
+        examples.append(SFTExample(problem.id, prompts[i], g.text, n_tokens, n_tokens,
+                                   "shortest_greedy" if j == 0 else "shortest_sampled"))
+        greedy_tokens.append(draws[0][i].n_output_tokens)
+    report.kept = len(examples)
+    if not examples:
+        raise ValueError(f"no SFT examples: no correct answer among {len(draws)} answers to any of "
+                         f"{len(problems)} questions")
+    correct_rate = [sum(g.finish_reason != "length" and is_correct(extract_answer(g.text), p.answer)
+                        for g, p in zip(d, problems)) / len(problems) for d in draws]
+    report.stats = {"from_greedy": sum(x.source == "shortest_greedy" for x in examples),
+                    "from_samples": sum(x.source == "shortest_sampled" for x in examples),
+                    "mean_target_tokens": sum(x.n_tokens for x in examples) / len(examples),
+                    "mean_greedy_tokens_same_questions": sum(greedy_tokens) / len(greedy_tokens),
+                    "accuracy_per_draw": correct_rate}
+    return examples, report
+
+
 def build_dpo_pairs(backend: Backend, problems: Sequence[Problem], results, *, max_new_tokens: int,
                     keep_all: bool = False, batch_size: int | None = None) -> tuple[list[DPOPair], BuildReport]:
     """DPO pairs (TALE): chosen = the correct budgeted answer, rejected = the
@@ -177,7 +227,8 @@ def data_run(step: str, config: dict[str, Any], build, *, label: str, backend: B
         items, report = build(run.keep_answers(backend, sampled=True))
         run.clear_items()
         run.append(asdict(x) for x in items)
-        run.finish({"n_results": report.n_results, "kept": report.kept, "skipped": report.skipped})
+        run.finish({"n_results": report.n_results, "kept": report.kept, "skipped": report.skipped,
+                    **({"stats": report.stats} if report.stats else {})})
         return items
 
     return reuse(step, config, compute, lambda run: rows_to_items(run.items(), run.items_path), label=label,
@@ -238,3 +289,17 @@ def to_dataset(items: Sequence[SFTExample | DPOPair]):
     import datasets
 
     return datasets.Dataset.from_list([asdict(x) for x in items])
+
+
+def sampled_sft_data_run(backend: Backend, problems: Sequence[Problem], *, samples: int, temperature: float,
+                         max_new_tokens: int, dataset: str, profile: str, step: str, seed: int = 0,
+                         batch_size: int | None = None, root=None):
+    """`build_shortest_correct_examples` as a run keyed by `samples`, `temperature`, `seed`,
+    `max_new_tokens` and the template (plus backend and ids); the sampled answers are kept as they arrive,
+    so a killed build resumes. Returns (examples, run)."""
+    config = {"data": "shortest_correct_of_samples", "samples": samples, "temperature": temperature,
+              "seed": seed, "max_new_tokens": max_new_tokens, "templates": [VANILLA_COT.text]}
+    build = partial(build_shortest_correct_examples, problems=problems, samples=samples, temperature=temperature,
+                    max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
+    return data_run(step, config, build, label="TALE-PT SFT data (shortest correct of samples)", backend=backend,
+                    problems=problems, dataset=dataset, profile=profile, root=root)
