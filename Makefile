@@ -95,9 +95,10 @@ run: install
 		replace_block("README.md", "results-smoke", open("figures/08_results_smoke.md").read())' \
 		&& $(PY) -m budgetlib outputs results/notebooks/smoke; fi
 
-# notebooks 01-04 in the medium profile: CPU only, the embedded Qwen2.5-Coder 0.5B through llama.cpp's server
-# (MODEL=qwen2.5-coder-1.5b for the 1.5B); about an hour on 2 cores
-MEDIUM_NOTEBOOKS := $(filter notebooks/01_% notebooks/02_% notebooks/03_% notebooks/04_%,$(NOTEBOOKS))
+# notebooks 01-05 in the medium profile: CPU only, the embedded Qwen2.5-Coder 0.5B through llama.cpp's server
+# (MODEL=qwen2.5-coder-1.5b for the 1.5B); 01-04 about an hour on 2 cores, 05 (TALE-PT: targets on llama.cpp,
+# LoRA SFT and evaluation with HF) about another hour on the 0.5B
+MEDIUM_NOTEBOOKS := $(filter notebooks/01_% notebooks/02_% notebooks/03_% notebooks/04_% notebooks/05_%,$(NOTEBOOKS))
 medium: install-medium
 	mkdir -p results/notebooks/medium figures
 	set -e; for nb in $(MEDIUM_NOTEBOOKS); do \

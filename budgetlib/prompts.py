@@ -14,7 +14,7 @@ import string
 from dataclasses import dataclass
 
 __all__ = ["PromptTemplate", "ANSWER_FORMAT", "DIRECT", "VANILLA_COT", "BUDGETED_COT", "BUDGETED_COT_WORDS",
-           "BUDGETED_COT_STRICT", "BUDGET_WORDINGS", "TALE_EP_ESTIMATE", "SELFBUDGETER", "TEMPLATES", "ANSWER_CUE", "render_chat",
+           "BUDGETED_COT_STRICT", "BUDGET_WORDINGS", "TALE_EP_ESTIMATE", "SELFBUDGETER", "COMPRESS_SOLUTION", "TEMPLATES", "ANSWER_CUE", "render_chat",
            "RENDERINGS", "ANSWER_CLOSE", "MAX_PLACEHOLDERS", "STOP_AT_ANSWER", "closes_answer", "DEFAULT_RENDERING", "TALE_SYSTEM", "chat_messages", "render_raw", "check_rendering"]
 
 ANSWER_FORMAT = ("Please give the response by strictly following this format: [[answer]], "
@@ -81,6 +81,12 @@ SELFBUDGETER = PromptTemplate(
     "<budget>N</budget>. Then solve the problem within that budget inside "
     "<solution>...</solution>, ending with the final answer as [[answer]].",
 )
+# Self-compression of a training target (our extension, notebook 05's medium profile): the model rewrites its own
+# correct solution briefly; the rewrite is kept only if it is shorter and still right. Fields {question}, {solution}.
+COMPRESS_SOLUTION = ("Here is a math question and a correct step-by-step solution.\n\nQuestion: {question}\n\n"
+                     "Solution:\n{solution}\n\nRewrite the solution as briefly as possible: keep only the calculations "
+                     "needed to reach the answer, drop restatements and explanations, and end with the final answer "
+                     "in the format [[answer]].")
 
 # Budget forcing (s1's idea, our wording): when the reasoning reaches its budget, this is appended to it and
 # the model writes only the answer after it, in the format every prompt asks for ("Answer: [[50]]").

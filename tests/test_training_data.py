@@ -167,3 +167,32 @@ def test_sampled_data_runs_keep_draws_and_are_keyed_by_the_sampling(tmp_path):
             sampled_sft_data_run(backend, PROBLEMS, **{**kw, "temperature": 1.0})[1].dir,
             sampled_sft_data_run(backend, PROBLEMS, **{**kw, "samples": 3})[1].dir}
     assert len(dirs) == 4
+
+
+def test_compressed_targets_replace_only_shorter_right_rewrites(tmp_path):
+    from budgetlib.training.data import SFTExample, compress_examples, compressed_sft_data_run
+
+    def rewriter(prompt, max_new_tokens, *args):
+        i = int(re.search(r"What is (\d+)", prompt).group(1))
+        n, answer = {0: (4, 1), 1: (6, 9), 2: (12, 3), 3: (30, 4)}[i]  # p1's rewrite is wrong; p2's too long
+        return " ".join(["w"] * (n - 1)) + f" [[{answer}]]"
+
+    examples = [SFTExample(f"p{i}", f"plain {i}", f"long answer {i} [[{i + 1}]]", 10, 10, "shortest_greedy")
+                for i in range(3)] + [SFTExample("p3", "plain 3", "x", 40, 40, "shortest_sampled")]
+    backend = FakeBackend(rewriter)
+    out, report = compress_examples(backend, PROBLEMS, examples)
+    assert [(x.id, x.n_tokens, x.budget, x.source) for x in out] == [
+        ("p0", 4, 4, "compressed"), ("p1", 10, 10, "shortest_greedy"), ("p2", 10, 10, "shortest_greedy"),
+        ("p3", 30, 30, "compressed")]
+    assert out[0].prompt == "plain 0" and out[0].completion == "w w w [[1]]"
+    assert report.skipped == {"rewrite wrong": 1, "rewrite not shorter": 1} and report.kept == 2
+    assert report.stats == {"mean_tokens_before": 17.5, "mean_tokens_after": 13.5}
+    asked = [p for call in backend.calls for p in call]
+    assert "Question: What is 0 plus 1?" in asked[0] and "long answer 0 [[1]]" in asked[0]
+    assert len(backend.calls) == 2  # one call per cap (10 and 40 tokens)
+    with pytest.raises(ValueError, match="not in `problems`"):
+        compress_examples(backend, PROBLEMS[:1], examples)
+    kw = dict(dataset="toy", profile="smoke", step="05", root=tmp_path)
+    got, run = compressed_sft_data_run(backend, PROBLEMS, examples, **kw)
+    assert got == out and run.summary()["kept"] == 2
+    assert compressed_sft_data_run(backend, PROBLEMS, examples[:3], **kw)[1].dir != run.dir

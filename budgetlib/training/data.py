@@ -11,6 +11,9 @@
   yields almost no targets, so the target is the shortest correct answer among
   the greedy vanilla answer and a few sampled ones, under the vanilla prompt
   (rejection sampling for brevity: the model's own answers, only shorter).
+  Optionally the model then rewrites each target briefly (`compress_examples`,
+  `prompts.COMPRESS_SOLUTION`); a rewrite replaces its target only if it is
+  shorter, ended by itself and still correct.
 - Budget-conditioned SFT: the same target, with the searched budget stated in
   the prompt (at inference a budget estimator supplies it).
 - DPO pairs: chosen = the budgeted correct answer, rejected = the vanilla CoT
@@ -32,11 +35,12 @@ from typing import Any, Sequence
 from ..answers import extract_answer, is_correct
 from ..backends.base import Backend, generate_in_batches
 from ..data import LeakageError, Problem, check_no_overlap, check_problems, drop_overlap, problems_digest
-from ..prompts import BUDGETED_COT, VANILLA_COT
+from ..prompts import BUDGETED_COT, COMPRESS_SOLUTION, VANILLA_COT
 
 __all__ = ["LeakageError", "check_no_overlap", "drop_overlap",
            "SFTExample", "DPOPair", "GRPOPrompt", "BuildReport", "build_sft_examples", "build_dpo_pairs", "data_run",
-           "sft_data_run", "dpo_data_run", "build_shortest_correct_examples", "sampled_sft_data_run", "results_hash", "rows_to_items", "load_jsonl", "to_dataset"]
+           "sft_data_run", "dpo_data_run", "build_shortest_correct_examples", "sampled_sft_data_run",
+           "compress_examples", "compressed_sft_data_run", "items_hash", "results_hash", "rows_to_items", "load_jsonl", "to_dataset"]
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,8 @@ class SFTExample:
     completion: str
     budget: int
     n_tokens: int
-    source: str  # "search", "regenerated_at_beta0", or "shortest_greedy" / "shortest_sampled" (of samples)
+    source: str  # "search", "regenerated_at_beta0", "shortest_greedy" / "shortest_sampled" (of samples), or
+    # "compressed" (a shorter rewrite of one of those by the model itself)
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,44 @@ def build_shortest_correct_examples(backend: Backend, problems: Sequence[Problem
     return examples, report
 
 
+def compress_examples(backend: Backend, problems: Sequence[Problem], examples: Sequence[SFTExample], *,
+                      batch_size: int | None = None) -> tuple[list[SFTExample], BuildReport]:
+    """Each example's target rewritten briefly by the model (`prompts.COMPRESS_SOLUTION`, greedy, at most as many
+    tokens as the target; our extension). The rewrite replaces the target only if it ended by itself, is
+    strictly shorter and is still correct (the one judge); otherwise the example is kept as it was, and
+    `report.skipped` counts why. Prompts and budgets stay; the new budget is the rewrite's length."""
+    check_problems(problems, "compress training targets of")
+    by_id = {p.id: p for p in problems}
+    missing = [x.id for x in examples if x.id not in by_id]
+    if missing:
+        raise ValueError(f"{len(missing)} examples are for questions not in `problems` (e.g. {missing[0]!r})")
+    prompts = [COMPRESS_SOLUTION.format(question=by_id[x.id].question, solution=x.completion) for x in examples]
+    report = BuildReport(n_results=len(examples))
+    out = []
+    by_cap: dict[int, list[int]] = {}  # one call per cap: the rewrite may not be longer than its target
+    for i, x in enumerate(examples):
+        by_cap.setdefault(x.n_tokens, []).append(i)
+    rewrites: dict[int, Any] = {}
+    for cap, idx in by_cap.items():
+        for i, g in zip(idx, generate_in_batches(backend, [prompts[i] for i in idx], max_new_tokens=cap,
+                                                 batch_size=batch_size)):
+            rewrites[i] = g
+    for i, x in enumerate(examples):
+        g = rewrites[i]
+        if g.finish_reason == "length" or g.n_output_tokens >= x.n_tokens:
+            report.skip("rewrite not shorter")
+            out.append(x)
+        elif not is_correct(extract_answer(g.text), by_id[x.id].answer):
+            report.skip("rewrite wrong")
+            out.append(x)
+        else:
+            out.append(SFTExample(x.id, x.prompt, g.text, g.n_output_tokens, g.n_output_tokens, "compressed"))
+    report.kept = sum(x.source == "compressed" for x in out)
+    report.stats = {"mean_tokens_before": sum(x.n_tokens for x in examples) / max(len(examples), 1),
+                    "mean_tokens_after": sum(x.n_tokens for x in out) / max(len(out), 1)}
+    return out, report
+
+
 def build_dpo_pairs(backend: Backend, problems: Sequence[Problem], results, *, max_new_tokens: int,
                     keep_all: bool = False, batch_size: int | None = None) -> tuple[list[DPOPair], BuildReport]:
     """DPO pairs (TALE): chosen = the correct budgeted answer, rejected = the
@@ -303,3 +346,22 @@ def sampled_sft_data_run(backend: Backend, problems: Sequence[Problem], *, sampl
                     max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
     return data_run(step, config, build, label="TALE-PT SFT data (shortest correct of samples)", backend=backend,
                     problems=problems, dataset=dataset, profile=profile, root=root)
+
+
+def compressed_sft_data_run(backend: Backend, problems: Sequence[Problem], examples: Sequence[SFTExample], *,
+                            dataset: str, profile: str, step: str, batch_size: int | None = None, root=None):
+    """`compress_examples` as a run keyed by the examples' hash and the rewrite prompt (plus backend and ids).
+    Returns (examples, run): every input example, rewritten where the rewrite was kept."""
+    config = {"data": "compressed_targets", "examples_sha256": items_hash(examples),
+              "templates": [COMPRESS_SOLUTION]}
+    build = partial(compress_examples, problems=problems, examples=examples, batch_size=batch_size)
+    return data_run(step, config, build, label="TALE-PT SFT data (self-compressed targets)", backend=backend,
+                    problems=problems, dataset=dataset, profile=profile, root=root)
+
+
+def items_hash(items: Sequence[SFTExample | DPOPair | GRPOPrompt]) -> str:
+    """sha256 of the training items as JSON (order kept: it is the data order)."""
+    import hashlib
+
+    payload = json.dumps([{"type": type(x).__name__, **asdict(x)} for x in items], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()

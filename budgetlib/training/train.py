@@ -17,7 +17,6 @@ CPU, bf16 and gradient checkpointing are off (see ENVIRONMENT notes)."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,7 @@ from ..backends.hf import adapter_digest
 from ..models import resolve_weights
 from ..runs import Run, start_run
 from .config import TrainConfig, resolved_rollouts
-from .data import DPOPair, GRPOPrompt, SFTExample
+from .data import DPOPair, GRPOPrompt, SFTExample, items_hash
 
 __all__ = ["TrainResult", "train", "train_run", "training_key", "items_hash", "adapter_digest",
            "base_model_source", "last_checkpoint"]
@@ -163,12 +162,6 @@ def train(config: TrainConfig, items: Sequence[SFTExample | DPOPair | GRPOPrompt
         (output_dir / "log_history.json").write_text(json.dumps(history, indent=2, default=str))
     trainer.save_model(str(adapter_dir))  # last: the adapter's presence means the run finished (main process)
     return TrainResult(adapter_dir, history, trainer.state.global_step, checkpoint)
-
-
-def items_hash(items: Sequence[SFTExample | DPOPair | GRPOPrompt]) -> str:
-    """sha256 of the training items as JSON (order kept: it is the data order)."""
-    payload = json.dumps([{"type": type(x).__name__, **asdict(x)} for x in items], sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def training_key(config: TrainConfig, items: Sequence[SFTExample | DPOPair | GRPOPrompt], *,
