@@ -172,27 +172,47 @@ def test_sampled_data_runs_keep_draws_and_are_keyed_by_the_sampling(tmp_path):
 def test_compressed_targets_replace_only_shorter_right_rewrites(tmp_path):
     from budgetlib.training.data import SFTExample, compress_examples, compressed_sft_data_run
 
-    def rewriter(prompt, max_new_tokens, *args):
+    def rewriter(prompt, max_new_tokens, *args):  # p0 brief and right; p1 wrong; p2 too long; p3 a bare answer
         i = int(re.search(r"What is (\d+)", prompt).group(1))
-        n, answer = {0: (4, 1), 1: (6, 9), 2: (12, 3), 3: (30, 4)}[i]  # p1's rewrite is wrong; p2's too long
-        return " ".join(["w"] * (n - 1)) + f" [[{answer}]]"
+        return {0: "0 + 1 = 1\n[[1]]", 1: "1 + 1 = 9\n[[9]]", 2: "w " * 12 + "3 = 3\n[[3]]", 3: "[[4]]"}[i]
 
     examples = [SFTExample(f"p{i}", f"plain {i}", f"long answer {i} [[{i + 1}]]", 10, 10, "shortest_greedy")
-                for i in range(3)] + [SFTExample("p3", "plain 3", "x", 40, 40, "shortest_sampled")]
+                for i in range(4)]
     backend = FakeBackend(rewriter)
     out, report = compress_examples(backend, PROBLEMS, examples)
     assert [(x.id, x.n_tokens, x.budget, x.source) for x in out] == [
-        ("p0", 4, 4, "compressed"), ("p1", 10, 10, "shortest_greedy"), ("p2", 10, 10, "shortest_greedy"),
-        ("p3", 30, 30, "compressed")]
-    assert out[0].prompt == "plain 0" and out[0].completion == "w w w [[1]]"
-    assert report.skipped == {"rewrite wrong": 1, "rewrite not shorter": 1} and report.kept == 2
-    assert report.stats == {"mean_tokens_before": 17.5, "mean_tokens_after": 13.5}
-    asked = [p for call in backend.calls for p in call]
+        ("p0", 6, 6, "compressed"), ("p1", 10, 10, "shortest_greedy"), ("p2", 10, 10, "shortest_greedy"),
+        ("p3", 10, 10, "shortest_greedy")]
+    assert out[0].prompt == "plain 0" and out[0].completion == "0 + 1 = 1 [[1]]"  # the fake joins words
+    assert report.skipped == {"answer changed": 1, "not shorter": 1, "no calculation kept": 1} and report.kept == 1
+    assert report.stats == {"mean_tokens_before": 10.0, "mean_tokens_after": 9.0}
+    asked = backend.calls[0]
     assert "Question: What is 0 plus 1?" in asked[0] and "long answer 0 [[1]]" in asked[0]
-    assert len(backend.calls) == 2  # one call per cap (10 and 40 tokens)
     with pytest.raises(ValueError, match="not in `problems`"):
         compress_examples(backend, PROBLEMS[:1], examples)
+    with pytest.raises(ValueError, match="unknown compression 'zip'"):
+        compress_examples(backend, PROBLEMS, examples, how="zip")
     kw = dict(dataset="toy", profile="smoke", step="05", root=tmp_path)
-    got, run = compressed_sft_data_run(backend, PROBLEMS, examples, **kw)
-    assert got == out and run.summary()["kept"] == 2
-    assert compressed_sft_data_run(backend, PROBLEMS, examples[:3], **kw)[1].dir != run.dir
+    got, run = compressed_sft_data_run(backend, PROBLEMS, examples, how="model", **kw)
+    assert got == out and run.summary()["kept"] == 1
+    assert len({run.dir, compressed_sft_data_run(backend, PROBLEMS, examples[:3], how="model", **kw)[1].dir,
+                compressed_sft_data_run(backend, PROBLEMS, examples, how="calculations", **kw)[1].dir}) == 3
+
+
+def test_calculation_lines_keep_the_model_s_own_calculations_and_answer():
+    from budgetlib.training.data import SFTExample, calculation_lines, compress_examples
+
+    text = "Betty needs $100.\nShe has 100 / 2 = 50 dollars.\n```python\ntotal = 50 + 15\nprint(total)\n```\n" \
+           "So she needs 100 - 65 = 35 more.\nThe answer is [[35]]."
+    assert calculation_lines(text) == ("She has 100 / 2 = 50 dollars.\ntotal = 50 + 15\nSo she needs 100 - 65 = 35 more."
+                                       "\nThe answer is [[35]].")
+    assert calculation_lines("no numbers here\n[[3]]") is None and calculation_lines("1 + 1 = 2") == "1 + 1 = 2"
+    examples = [SFTExample("p0", "q", text, 60, 60, "shortest_sampled"),  # wrong for p0 (answer 1): kept as it was
+                SFTExample("p2", "q", "It is 2 + 1 = 3, so [[3]]", 40, 40, "shortest_greedy"),
+                SFTExample("p3", "q", "x\n3 + 1 = 4\n[[4]]", 5, 5, "shortest_greedy")]  # not shorter
+    backend = FakeBackend()
+    out, report = compress_examples(backend, PROBLEMS, examples, how="calculations")
+    assert [(x.id, x.n_tokens, x.source) for x in out] == [("p0", 60, "shortest_sampled"), ("p2", 9, "compressed"),
+                                                           ("p3", 5, "shortest_greedy")]
+    assert out[1].completion == "It is 2 + 1 = 3, so [[3]]" and backend.calls == []  # no generation
+    assert report.skipped == {"answer changed": 1, "not shorter": 1}

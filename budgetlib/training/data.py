@@ -11,9 +11,10 @@
   yields almost no targets, so the target is the shortest correct answer among
   the greedy vanilla answer and a few sampled ones, under the vanilla prompt
   (rejection sampling for brevity: the model's own answers, only shorter).
-  Optionally the model then rewrites each target briefly (`compress_examples`,
-  `prompts.COMPRESS_SOLUTION`); a rewrite replaces its target only if it is
-  shorter, ended by itself and still correct.
+  Optionally each target is then made brief (`compress_examples`): rewritten
+  by the model, or cut to its calculation lines and its answer; the brief text
+  replaces its target only if it is shorter, keeps a calculation and is still
+  correct.
 - Budget-conditioned SFT: the same target, with the searched budget stated in
   the prompt (at inference a budget estimator supplies it).
 - DPO pairs: chosen = the budgeted correct answer, rejected = the vanilla CoT
@@ -27,20 +28,21 @@ Training and evaluation questions must not overlap: `budgetlib.data.check_no_ove
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..answers import extract_answer, is_correct
-from ..backends.base import Backend, generate_in_batches
+from ..backends.base import Backend, Generation, generate_in_batches
 from ..data import LeakageError, Problem, check_no_overlap, check_problems, drop_overlap, problems_digest
 from ..prompts import BUDGETED_COT, COMPRESS_SOLUTION, VANILLA_COT
 
 __all__ = ["LeakageError", "check_no_overlap", "drop_overlap",
            "SFTExample", "DPOPair", "GRPOPrompt", "BuildReport", "build_sft_examples", "build_dpo_pairs", "data_run",
            "sft_data_run", "dpo_data_run", "build_shortest_correct_examples", "sampled_sft_data_run",
-           "compress_examples", "compressed_sft_data_run", "items_hash", "results_hash", "rows_to_items", "load_jsonl", "to_dataset"]
+           "compress_examples", "compressed_sft_data_run", "items_hash", "calculation_lines", "results_hash", "rows_to_items", "load_jsonl", "to_dataset"]
 
 
 @dataclass(frozen=True)
@@ -184,38 +186,76 @@ def build_shortest_correct_examples(backend: Backend, problems: Sequence[Problem
     return examples, report
 
 
+COMPRESSIONS = ("model", "calculations")
+CALCULATIONS_RULE = ("segments (lines, then sentences) with '=' and a digit after it, then the last segment the "
+                     "judge reads the text's answer from, v1")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z\\])")
+
+
+def calculation_lines(text: str) -> str | None:
+    r"""The calculation segments of a solution (its lines, split again into sentences; a segment holding ``=``
+    with a digit after it) and the last segment the judge reads the whole text's answer from, in order, one a
+    line; None when there is no calculation or the answer is in no single segment.
+
+    >>> calculation_lines("She sold 48 in April. In May: 48 / 2 = 24.\nTotal: 48 + 24 = 72\nSo \\boxed{72}.")
+    'In May: 48 / 2 = 24.\nTotal: 48 + 24 = 72\nSo \\boxed{72}.'
+    """
+    segments = [seg.strip() for line in text.splitlines() for seg in _SENTENCE_END.split(line) if seg.strip()]
+    answer = extract_answer(text)
+    last = max((i for i, seg in enumerate(segments) if answer is not None and extract_answer(seg) == answer),
+               default=None)
+    calcs = {i for i, seg in enumerate(segments) if "=" in seg and any(ch.isdigit() for ch in seg.split("=", 1)[1])}
+    if last is None or not calcs:
+        return None
+    return "\n".join(segments[i] for i in sorted(calcs | {last}))
+
+
 def compress_examples(backend: Backend, problems: Sequence[Problem], examples: Sequence[SFTExample], *,
-                      batch_size: int | None = None) -> tuple[list[SFTExample], BuildReport]:
-    """Each example's target rewritten briefly by the model (`prompts.COMPRESS_SOLUTION`, greedy, at most as many
-    tokens as the target; our extension). The rewrite replaces the target only if it ended by itself, is
-    strictly shorter and is still correct (the one judge); otherwise the example is kept as it was, and
-    `report.skipped` counts why. Prompts and budgets stay; the new budget is the rewrite's length."""
+                      how: str = "model", batch_size: int | None = None) -> tuple[list[SFTExample], BuildReport]:
+    """Each example's target made brief (our extension): `how="model"` asks the model to rewrite it
+    (`prompts.COMPRESS_SOLUTION`, greedy, at most as many tokens as the target); `how="calculations"` keeps
+    only its calculation lines and its answer line (`calculation_lines`, no generation: the model's own
+    tokens, counted with the backend's tokenizer). The brief text replaces the target only if it ended by
+    itself, is strictly shorter, keeps at least one calculation and is still correct (the one judge);
+    otherwise the example stays as it was, and `report.skipped` counts why. Prompts stay; the new budget
+    is the brief text's length."""
+    from ..evaluate import text_tokens
+
+    if how not in COMPRESSIONS:
+        raise ValueError(f"unknown compression {how!r}; known: {', '.join(COMPRESSIONS)}")
     check_problems(problems, "compress training targets of")
     by_id = {p.id: p for p in problems}
     missing = [x.id for x in examples if x.id not in by_id]
     if missing:
         raise ValueError(f"{len(missing)} examples are for questions not in `problems` (e.g. {missing[0]!r})")
-    prompts = [COMPRESS_SOLUTION.format(question=by_id[x.id].question, solution=x.completion) for x in examples]
+    briefs: list[Generation | None] = []
+    if how == "calculations":
+        for x in examples:
+            text = calculation_lines(x.completion)
+            briefs.append(None if text is None else Generation(text, text_tokens(backend, text), "stop"))
+    else:
+        briefs = [None] * len(examples)
+        by_cap: dict[int, list[int]] = {}  # one call per cap: the rewrite may not be longer than its target
+        for i, x in enumerate(examples):
+            by_cap.setdefault(x.n_tokens, []).append(i)
+        for cap, idx in by_cap.items():
+            prompts = [COMPRESS_SOLUTION.format(question=by_id[examples[i].id].question,
+                                                solution=examples[i].completion) for i in idx]
+            for i, g in zip(idx, generate_in_batches(backend, prompts, max_new_tokens=cap, batch_size=batch_size)):
+                briefs[i] = g
     report = BuildReport(n_results=len(examples))
     out = []
-    by_cap: dict[int, list[int]] = {}  # one call per cap: the rewrite may not be longer than its target
-    for i, x in enumerate(examples):
-        by_cap.setdefault(x.n_tokens, []).append(i)
-    rewrites: dict[int, Any] = {}
-    for cap, idx in by_cap.items():
-        for i, g in zip(idx, generate_in_batches(backend, [prompts[i] for i in idx], max_new_tokens=cap,
-                                                 batch_size=batch_size)):
-            rewrites[i] = g
-    for i, x in enumerate(examples):
-        g = rewrites[i]
-        if g.finish_reason == "length" or g.n_output_tokens >= x.n_tokens:
-            report.skip("rewrite not shorter")
-            out.append(x)
+    for x, g in zip(examples, briefs):
+        if g is not None and (g.finish_reason == "length" or g.n_output_tokens >= x.n_tokens):
+            report.skip("not shorter")
+        elif g is None or calculation_lines(g.text) is None:
+            report.skip("no calculation kept")
         elif not is_correct(extract_answer(g.text), by_id[x.id].answer):
-            report.skip("rewrite wrong")
-            out.append(x)
+            report.skip("answer changed")
         else:
             out.append(SFTExample(x.id, x.prompt, g.text, g.n_output_tokens, g.n_output_tokens, "compressed"))
+            continue
+        out.append(x)
     report.kept = sum(x.source == "compressed" for x in out)
     report.stats = {"mean_tokens_before": sum(x.n_tokens for x in examples) / max(len(examples), 1),
                     "mean_tokens_after": sum(x.n_tokens for x in out) / max(len(out), 1)}
@@ -349,12 +389,14 @@ def sampled_sft_data_run(backend: Backend, problems: Sequence[Problem], *, sampl
 
 
 def compressed_sft_data_run(backend: Backend, problems: Sequence[Problem], examples: Sequence[SFTExample], *,
-                            dataset: str, profile: str, step: str, batch_size: int | None = None, root=None):
-    """`compress_examples` as a run keyed by the examples' hash and the rewrite prompt (plus backend and ids).
-    Returns (examples, run): every input example, rewritten where the rewrite was kept."""
-    config = {"data": "compressed_targets", "examples_sha256": items_hash(examples),
-              "templates": [COMPRESS_SOLUTION]}
-    build = partial(compress_examples, problems=problems, examples=examples, batch_size=batch_size)
+                            how: str, dataset: str, profile: str, step: str, batch_size: int | None = None,
+                            root=None):
+    """`compress_examples` as a run keyed by the examples' hash, `how` and its prompt or rule (plus backend
+    and ids). Returns (examples, run): every input example, made brief where the brief text was kept."""
+    config = {"data": "compressed_targets", "examples_sha256": items_hash(examples), "how": how,
+              "rule": COMPRESS_SOLUTION if how == "model" else CALCULATIONS_RULE,
+              "keep_if": "ended, shorter, a calculation kept, still correct"}
+    build = partial(compress_examples, problems=problems, examples=examples, how=how, batch_size=batch_size)
     return data_run(step, config, build, label="TALE-PT SFT data (self-compressed targets)", backend=backend,
                     problems=problems, dataset=dataset, profile=profile, root=root)
 
