@@ -42,7 +42,8 @@ from ..prompts import BUDGETED_COT, COMPRESS_SOLUTION, VANILLA_COT
 __all__ = ["LeakageError", "check_no_overlap", "drop_overlap",
            "SFTExample", "DPOPair", "GRPOPrompt", "BuildReport", "build_sft_examples", "build_dpo_pairs", "data_run",
            "sft_data_run", "dpo_data_run", "build_shortest_correct_examples", "sampled_sft_data_run",
-           "compress_examples", "compressed_sft_data_run", "items_hash", "calculation_lines", "results_hash", "rows_to_items", "load_jsonl", "to_dataset"]
+           "compress_examples", "compressed_sft_data_run", "items_hash", "calculation_lines", "results_hash",
+           "rows_to_items", "load_jsonl", "to_dataset"]
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class SFTExample:
     budget: int
     n_tokens: int
     source: str  # "search", "regenerated_at_beta0", "shortest_greedy" / "shortest_sampled" (of samples), or
-    # "compressed" (a shorter rewrite of one of those by the model itself)
+    # "compressed" (one of those made brief: cut to its calculation lines, or rewritten by the model)
 
 
 @dataclass(frozen=True)
