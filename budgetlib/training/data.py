@@ -162,10 +162,11 @@ def build_shortest_correct_examples(backend: Backend, problems: Sequence[Problem
     draws = [draw(temperature=0.0, seed=seed)] + [draw(temperature=temperature, seed=seed + j)
                                                   for j in range(1, samples + 1)]
     report = BuildReport(n_results=len(problems))
+    right = [[g.finish_reason != "length" and is_correct(extract_answer(g.text), p.answer) for g, p in zip(d, problems)]
+             for d in draws]  # judged once: per draw and question
     examples, greedy_tokens = [], []
     for i, problem in enumerate(problems):
-        correct = [(g.n_output_tokens, j, g) for j, g in enumerate(d[i] for d in draws)
-                   if g.finish_reason != "length" and is_correct(extract_answer(g.text), problem.answer)]
+        correct = [(d[i].n_output_tokens, j, d[i]) for j, d in enumerate(draws) if right[j][i]]
         if not correct:
             report.skip(f"no correct answer among the greedy one and {samples} samples")
             continue
@@ -177,8 +178,7 @@ def build_shortest_correct_examples(backend: Backend, problems: Sequence[Problem
     if not examples:
         raise ValueError(f"no SFT examples: no correct answer among {len(draws)} answers to any of "
                          f"{len(problems)} questions")
-    correct_rate = [sum(g.finish_reason != "length" and is_correct(extract_answer(g.text), p.answer)
-                        for g, p in zip(d, problems)) / len(problems) for d in draws]
+    correct_rate = [sum(r) / len(problems) for r in right]
     report.stats = {"from_greedy": sum(x.source == "shortest_greedy" for x in examples),
                     "from_samples": sum(x.source == "shortest_sampled" for x in examples),
                     "mean_target_tokens": sum(x.n_tokens for x in examples) / len(examples),
