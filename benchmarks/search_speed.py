@@ -6,8 +6,11 @@ TALE's peer code does) on the same problems and model, generation cache off,
 and prints:
 
 - the speed ratio sequential / batched, and whether both found the same budgets, for the
-  round-by-round batched search and for ladder mode (each question's halving candidates
-  β0/2, β0/4, ... in one call, the sequential decisions replayed on the answers);
+  batched search in rounds (every still-searching question's next candidate in one call)
+  and with continuous batching (`HFBackend.generate_flow`: a question's next candidate
+  joins the running batch as soon as its last answer ends), each also in ladder mode
+  (each question's halving candidates β0/2, β0/4, ... at once, the sequential decisions
+  replayed on the answers);
 - the batched search's generated tokens/s, next to llama.cpp serving the same
   GGUF at one request on this machine (when `llama_cpp` is installed);
 - the search's overhead over a raw batched `generate` of exactly the prompts
@@ -15,7 +18,7 @@ and prints:
 
 Appends one CSV row (machine, device, versions) to
 results/benchmarks/search_speed.csv. Cost on a 2-core CPU with the embedded
-model at the defaults: about 4 minutes.
+model at the defaults: about 5 minutes.
 
     python benchmarks/search_speed.py [--n 32] [--max-new-tokens 128] [--batch-size 32] [--model ID]
 
@@ -24,7 +27,7 @@ medium profile does (its model and `backend_options` from ``profiles.yaml``: TAL
 ending at their first numeric ``[[...]]``; ``--batch-size`` slots), e.g. ``--engine llama-server --model qwen2.5-coder-0.5b --data gsm8k --batch-size 8
 --max-new-tokens 1024``. There the sequential reference sends one prompt at a time to the same server, so the
 ratio is bounded by what the server's slots decode together over one request alone; the raw-generate overhead
-is measured on ``hf`` only (it would double the run).
+and continuous batching are measured on ``hf`` only (the server runs a flow in rounds).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ import time
 from datetime import datetime, timezone
 
 from budgetlib import data, prompts
+from budgetlib.backends.base import generate_flow
 from budgetlib.backends.hf import HFBackend, embedded_gguf_path
 from budgetlib.paths import project_root
 from budgetlib.runs import append_csv, environment_info
@@ -56,6 +60,22 @@ class Recording:
         gens = self.backend.generate(prompts_, **kw)
         self.calls.append((list(prompts_), kw["max_new_tokens"], sum(g.n_output_tokens for g in gens)))
         return gens
+
+
+class FlowRecording(Recording):
+    """A `Recording` that lets the backend schedule a flow itself (continuous batching) and counts the
+    answers' tokens as they arrive."""
+
+    def __init__(self, backend):
+        super().__init__(backend)
+        self.tokens = 0
+
+    def generate_flow(self, requests, follow, *, max_new_tokens, batch_size=None):
+        def counted(tag, gen):
+            self.tokens += gen.n_output_tokens
+            return follow(tag, gen)
+
+        return generate_flow(self.backend, requests, counted, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 def llama_cpp_tokens_per_s(questions: list[str], max_new_tokens: int, threads: int) -> float | None:
@@ -98,19 +118,28 @@ def main() -> None:
     backend.generate(["warm-up"], max_new_tokens=4)
     kw = dict(max_new_tokens=args.max_new_tokens)
 
-    recorded = Recording(backend)
-    t0 = time.perf_counter()
-    batched = search_budgets(recorded, problems, batch_size=args.batch_size, progress=False, **kw)
-    t_batched = time.perf_counter() - t0
-    laddered = Recording(backend)
-    t0 = time.perf_counter()
-    ladder = search_budgets(laddered, problems, batch_size=args.batch_size, progress=False, ladder=True, **kw)
-    t_ladder = time.perf_counter() - t0
+    def timed(wrapper, **extra):
+        t0 = time.perf_counter()
+        results = search_budgets(wrapper, problems, batch_size=args.batch_size, progress=False, **kw, **extra)
+        return results, time.perf_counter() - t0
+
+    recorded, laddered = Recording(backend), Recording(backend)  # no flow of their own: rounds
+    batched, t_batched = timed(recorded)
+    ladder, t_ladder = timed(laddered, ladder=True)
+    flows = {}  # name -> (results, seconds, generated tokens): continuous batching, where the backend has it
+    if hasattr(backend, "generate_flow"):
+        for name, extra in (("continuous", {}), ("continuous_ladder", {"ladder": True})):
+            flowing = FlowRecording(backend)
+            results, seconds = timed(flowing, **extra)
+            flows[name] = (results, seconds, flowing.tokens)
     t0 = time.perf_counter()
     sequential = search_budgets_sequential(backend, problems, **kw)
     t_sequential = time.perf_counter() - t0
-    same = sum(a == b for a, b in zip(batched, sequential))
-    same_ladder = sum(a == b for a, b in zip(ladder, sequential))
+
+    def same_as_sequential(results):
+        return None if results is None else f"{sum(a == b for a, b in zip(results, sequential))}/{len(problems)}"
+
+    same, same_ladder = same_as_sequential(batched), same_as_sequential(ladder)
     ladder_tokens = sum(n for _, _, n in laddered.calls)
 
     t_raw = None
@@ -133,10 +162,16 @@ def main() -> None:
            "n_problems": len(problems), "n_searched": searched, "max_new_tokens": args.max_new_tokens,
            "batch_size": args.batch_size, "backend_calls_batched": len(recorded.calls),
            "seconds_sequential": round(t_sequential, 2), "seconds_batched": round(t_batched, 2),
-           "speedup": round(t_sequential / t_batched, 2), "same_results": f"{same}/{len(problems)}",
+           "speedup": round(t_sequential / t_batched, 2), "same_results": same,
            "seconds_ladder": round(t_ladder, 2), "speedup_ladder": round(t_sequential / t_ladder, 2),
-           "same_results_ladder": f"{same_ladder}/{len(problems)}", "backend_calls_ladder": len(laddered.calls),
-           "tokens_batched": tokens, "tokens_ladder": ladder_tokens,
+           "same_results_ladder": same_ladder, "backend_calls_ladder": len(laddered.calls),
+           "tokens_batched": tokens, "tokens_ladder": ladder_tokens}
+    for name in ("continuous", "continuous_ladder"):
+        results, seconds, generated = flows.get(name, (None, None, None))
+        row |= {f"seconds_{name}": None if results is None else round(seconds, 2),
+                f"speedup_{name}": None if results is None else round(t_sequential / seconds, 2),
+                f"same_results_{name}": same_as_sequential(results), f"tokens_{name}": generated}
+    row |= {
            "batched_tokens_per_s": round(tokens / t_batched, 1),
            "llama_cpp_tokens_per_s_1_request": None if llama_rate is None else round(llama_rate, 1),
            "seconds_raw_generate": None if t_raw is None else round(t_raw, 2),
@@ -145,10 +180,14 @@ def main() -> None:
            "platform": env["platform"], "git_sha": env["git_sha"]}
     print(f"{len(problems)} problems ({searched} with a correct vanilla answer, searched), "
           f"{len(recorded.calls)} batched backend calls")
-    print(f"sequential {t_sequential:7.1f} s | batched {t_batched:7.1f} s | speed-up x{t_sequential / t_batched:.2f} "
-          f"| same results {same}/{len(problems)}")
-    print(f"ladder   {t_ladder:7.1f} s ({len(laddered.calls)} calls, {ladder_tokens} tokens vs {tokens} by rounds) "
-          f"| speed-up x{t_sequential / t_ladder:.2f} | same results {same_ladder}/{len(problems)}")
+    print(f"sequential {t_sequential:7.1f} s | batched in rounds {t_batched:7.1f} s | speed-up "
+          f"x{t_sequential / t_batched:.2f} | same results {same}")
+    print(f"ladder in rounds {t_ladder:7.1f} s ({len(laddered.calls)} calls, {ladder_tokens} tokens vs {tokens} by "
+          f"rounds) | speed-up x{t_sequential / t_ladder:.2f} | same results {same_ladder}")
+    if flows:
+        for label, name in (("continuous", "continuous"), ("continuous ladder", "continuous_ladder")):
+            print(f"{label} {row[f'seconds_{name}']:7.1f} s ({row[f'tokens_{name}']} tokens) | speed-up "
+                  f"x{row[f'speedup_{name}']:.2f} | same results {row[f'same_results_{name}']}")
     print(f"batched search: {tokens / t_batched:.1f} generated tokens/s; llama.cpp, one request: "
           + ("not installed (pip install llama-cpp-python)" if llama_rate is None else f"{llama_rate:.1f} tokens/s"))
     if t_raw is not None:

@@ -18,20 +18,24 @@ length is the cap's, so it cannot be β0), has no optimal budget: it stays in
 the results with its reason. When no candidate below β0 is feasible, the optimal
 budget is β0 with ``reduced = False`` and the vanilla answer's text/tokens.
 
-`search_budgets` sends every still-searching question's next candidate in one
-backend call per round; `search_budgets_sequential` is the plain
-one-question-at-a-time reference (what the peer code does). Both drive the
-same per-question state machine, so with a deterministic backend they return
-identical results.
+`search_budgets` runs every question's search as one flow of requests
+(`backends.base.generate_flow`): a question's next candidate is asked as soon
+as its last answer exists. A backend that batches continuously (`HFBackend`)
+starts it while other questions are still being answered; any other backend
+runs the flow in rounds, every still-searching question's next candidate in
+one call. `search_budgets_sequential` is the plain one-question-at-a-time
+reference (what the peer code does). Both drive the same per-question state
+machine, so with a deterministic backend they return identical results.
 
-``ladder=True`` (halving only) asks each question's whole halving ladder
-β0/2, β0/4, ... ≥ `min_budget` (`halving_ladder`) in one call after the
-vanilla pass and then replays the same state machine over those answers: the
-same results with a deterministic backend, one round instead of several, at
-the price of also generating the candidates below the first infeasible one.
-One question's candidates differ only in the budget number, so with
-``shared_prefix`` on (the default in ladder mode) a backend that supports it
-(`HFBackend`) encodes the common prompt prefix once per question.
+``ladder=True`` (halving only) asks a question's whole halving ladder
+β0/2, β0/4, ... ≥ `min_budget` (`halving_ladder`) as soon as its vanilla
+answer exists, and replays the same state machine over those answers: the
+same results with a deterministic backend, one step of latency instead of
+several, at the price of also generating the candidates below the first
+infeasible one. One question's candidates differ only in the budget number,
+so with ``shared_prefix`` on (the default in ladder mode) a backend that
+supports it in rounds (`HFBackend(continuous=False)`) encodes the common
+prompt prefix once per question.
 """
 
 from __future__ import annotations
@@ -41,7 +45,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator, Literal, Sequence
 
 from .answers import extract_answer, is_correct
-from .backends.base import Backend, Generation, generate_in_batches
+from .backends.base import Backend, Generation, Request, generate_flow, generate_in_batches
 from .backends.prefix_cache import prefix_sharing
 from .data import Problem, check_problems, problems_digest
 from .prompts import BUDGETED_COT, VANILLA_COT
@@ -208,21 +212,6 @@ def halving_ladder(start: int, floor: int = 1) -> list[int]:
     return out
 
 
-def _replay_ladder(backend: Backend, active: Sequence[_QuestionSearch], config: SearchConfig,
-                   batch_size: int | None) -> None:
-    """Ladder mode: generate every halving candidate of every question in one
-    call (question by question, so one question's candidates sit together),
-    then run each question's state machine to the end over those answers."""
-    requests = [(s, b) for s in active if not s.done
-                for b in halving_ladder(s.vanilla_tokens // 2, config.min_budget)]
-    gens = generate_in_batches(backend, [BUDGETED_COT.render(s.problem.question, b) for s, b in requests],
-                               max_new_tokens=config.max_new_tokens, batch_size=batch_size)
-    answers = {(id(s), b): g for (s, b), g in zip(requests, gens)}
-    for s in active:
-        while (budget := s.next_budget()) is not None:
-            s.observe(answers[(id(s), budget)])
-
-
 def _chunks(items: Sequence, size: int | None) -> Iterator[Sequence]:
     step = size or max(len(items), 1)
     for start in range(0, len(items), step):
@@ -234,21 +223,23 @@ def search_budgets(backend: Backend, problems: Sequence[Problem], *, strategy: s
                    max_new_tokens: int = 512, batch_size: int | None = None, group_size: int | None = 1024,
                    run: Run | None = None, progress: bool = True, ladder: bool = False,
                    shared_prefix: bool | None = None) -> list[BudgetSearchResult]:
-    """Batched search: each round sends every still-searching question's next
-    candidate to the backend in one call (or calls of at most `batch_size`
-    prompts). Questions enter in groups of `group_size` (None: all at once)
-    so a long run writes results early. Results come back in problem order;
-    with `run` (a `runs.Run` keyed by the search's config, as `search_run`
-    opens it) finished questions are appended to its items as they finish
-    and every answer is kept as it arrives (`Run.keep_answers`), so a rerun
-    skips finished questions and replays the rounds of unfinished ones.
+    """Batched search: every question's candidates as one flow of requests
+    (module docstring), continuous on a backend that supports it, else in
+    rounds of one call (or calls of at most `batch_size` prompts) holding every
+    still-searching question's next candidate; `batch_size` also caps a
+    continuous batch's rows (None: the backend's own). Questions enter in
+    groups of `group_size` (None: all at once) so a long run writes results
+    early. Results come back in problem order; with `run` (a `runs.Run` keyed
+    by the search's config, as `search_run` opens it) finished questions are
+    appended to its items as they finish and every answer is kept as it
+    arrives (`Run.keep_answers`), so a rerun skips finished questions and
+    replays the answers of unfinished ones.
 
-    `ladder` (halving only): all of a question's halving candidates in one
-    call, then the same decisions (module docstring). `shared_prefix` for the
-    budgeted calls: None means on in ladder mode and the backend's own setting
-    otherwise (one round holds one candidate per question, whose prompts share
-    only the chat template's opening); backends without support ignore it.
-    Neither changes results, so neither is part of the search fingerprint."""
+    `ladder` (halving only): all of a question's halving candidates at once,
+    then the same decisions (module docstring). `shared_prefix` for the flow:
+    None means on in ladder mode and the backend's own setting otherwise;
+    backends without support, and continuous batching, ignore it. None of the
+    three changes results, so none is part of the search fingerprint."""
     from tqdm.auto import tqdm
 
     config = SearchConfig(strategy, feasibility, min_budget, tolerance, max_new_tokens)  # type: ignore[arg-type]
@@ -262,27 +253,47 @@ def search_budgets(backend: Backend, problems: Sequence[Problem], *, strategy: s
     todo = [p for p in problems if p.id not in store.done]
     bar = tqdm(total=len(problems), initial=len(problems) - len(todo), desc=f"search ({strategy}, {feasibility})",
                disable=not progress, leave=False)
+    def finish(s: _QuestionSearch) -> list[Request]:
+        store.write([s.result()])
+        bar.update(1)
+        return []
+
+    def ask(i: int, s: _QuestionSearch) -> list[Request]:
+        """The question's next candidate as a request, or its result written when the search has ended."""
+        budget = s.next_budget()
+        if budget is None:
+            return finish(s)
+        return [Request(("candidate", i, budget), BUDGETED_COT.render(s.problem.question, budget))]
+
     for group in _chunks(todo, group_size):
-        vanilla = generate_in_batches(backend, [VANILLA_COT.render(p.question) for p in group],
-                                      max_new_tokens=max_new_tokens, batch_size=batch_size)
-        active = [_QuestionSearch(p, g, config) for p, g in zip(group, vanilla)]
-        if ladder:
-            with prefix_sharing(backend, sharing):
-                _replay_ladder(backend, active, config, batch_size)
-        while active:
-            asked = [(s, s.next_budget()) for s in active]
-            finished = [s for s, b in asked if b is None]
-            store.write([s.result() for s in finished])
-            bar.update(len(finished))
-            active = [s for s, b in asked if b is not None]
-            if not active:
-                break
-            with prefix_sharing(backend, sharing):
-                gens = generate_in_batches(backend, [BUDGETED_COT.render(s.problem.question, s.pending)
-                                                     for s in active],
-                                           max_new_tokens=max_new_tokens, batch_size=batch_size)
-            for s, g in zip(active, gens):
-                s.observe(g)
+        searches: dict[int, _QuestionSearch] = {}
+        rungs: dict[int, dict[int, Generation]] = {}  # ladder mode: each question's answers by budget
+        wanted: dict[int, int] = {}
+
+        def follow(tag, gen: Generation) -> list[Request]:
+            kind, i, budget = tag
+            if kind == "vanilla":
+                s = searches[i] = _QuestionSearch(group[i], gen, config)
+                ladder_ = halving_ladder(s.vanilla_tokens // 2, config.min_budget) if ladder and not s.done else []
+                if not ladder_:
+                    return ask(i, s)
+                rungs[i], wanted[i] = {}, len(ladder_)
+                return [Request(("rung", i, b), BUDGETED_COT.render(s.problem.question, b)) for b in ladder_]
+            s = searches[i]
+            if kind == "candidate":
+                s.observe(gen)
+                return ask(i, s)
+            rungs[i][budget] = gen  # ladder: replay the decisions once every rung is answered
+            if len(rungs[i]) < wanted[i]:
+                return []
+            while (b := s.next_budget()) is not None:
+                s.observe(rungs[i][b])
+            return finish(s)
+
+        with prefix_sharing(backend, sharing):
+            generate_flow(backend, [Request(("vanilla", i, None), VANILLA_COT.render(p.question))
+                                    for i, p in enumerate(group)],
+                          follow, max_new_tokens=max_new_tokens, batch_size=batch_size)
     bar.close()
     return [store.done[p.id] for p in problems]
 

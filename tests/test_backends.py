@@ -85,3 +85,31 @@ def test_cache_refuses_short_backend(tmp_path):
 
     with pytest.raises(RuntimeError, match="returned 1 generations for 2 prompts"):
         CachedBackend(Short(), tmp_path / "g.sqlite", enabled=True).generate(["a", "b"], max_new_tokens=5)
+
+
+def test_generate_flow_in_rounds_and_through_the_cache(tmp_path):
+    """A backend without its own flow runs it in rounds (follow-ups wait for the next call, calls of at
+    most batch_size); through a `CachedBackend` answers it has are followed without the backend, new
+    ones are stored, and a second run of the same flow asks the backend nothing."""
+    from budgetlib.backends.base import Request, generate_flow
+
+    backend = FakeBackend(lambda prompt, *_: f"echo {prompt}", model_id="echo")
+    order: list = []
+
+    def follow(tag, gen):
+        order.append((tag, gen.text))
+        return [Request(tag + 1, f"q{tag + 1}")] if tag < 2 else []
+
+    assert generate_flow(backend, [Request(0, "q0"), Request(10, "q10")], follow, max_new_tokens=8,
+                         batch_size=1) == 4
+    assert backend.calls == [["q0"], ["q10"], ["q1"], ["q2"]]
+    assert order == [(0, "echo q0"), (10, "echo q10"), (1, "echo q1"), (2, "echo q2")]
+    cached = CachedBackend(backend, tmp_path / "gen.sqlite", enabled=True)
+    backend.calls.clear(), order.clear()
+    assert generate_flow(cached, [Request(0, "q0")], follow, max_new_tokens=8) == 3
+    assert backend.calls == [["q0"], ["q1"], ["q2"]] and cached.misses == 3
+    assert order == [(0, "echo q0"), (1, "echo q1"), (2, "echo q2")]
+    backend.calls.clear(), order.clear()
+    assert generate_flow(cached, [Request(0, "q0")], follow, max_new_tokens=8) == 0
+    assert backend.calls == [] and cached.hits == 3
+    assert order == [(0, "echo q0"), (1, "echo q1"), (2, "echo q2")]

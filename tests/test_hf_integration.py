@@ -102,3 +102,69 @@ def test_compacting_decoder_equals_generate(questions):
     # each row is carried until the step after its last token; generate() carries all 6 to the longest
     assert wide.compact_stats["row_steps"] == sum(min(n - 1, 47) for n in lengths)
     assert wide.compact_stats["row_steps"] < len(mixed) * (max(lengths) - 1)
+
+
+def test_preallocated_cache_gives_dynamic_cache_logits(backend):
+    """A decode step over `PreallocatedLayer`s computes what `DynamicCache` does (the same ops, one
+    buffer instead of a concatenation per step), and a full buffer is a clear error."""
+    import torch
+    from transformers import DynamicCache
+
+    from budgetlib.backends.hf_decoding import preallocated_cache
+
+    model = backend.model
+    ids = torch.tensor([[backend.tokenizer.pad_token_id] * 3 + list(range(200, 207)), list(range(300, 310))])
+    mask = torch.tensor([[0] * 3 + [1] * 7, [1] * 10])
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    logits = []
+    for cache in (DynamicCache(config=model.config), preallocated_cache(model.config, 12)):
+        with torch.inference_mode():
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, cache=cache, use_cache=True)
+            nxt = out.logits[:, -1].argmax(-1)
+            step = model(input_ids=nxt[:, None], attention_mask=torch.cat([mask, mask.new_ones((2, 1))], -1),
+                         position_ids=pos[:, -1:] + 1, cache=cache, use_cache=True)
+        logits.append(torch.cat([out.logits[:, -1], step.logits[:, -1]]))
+        assert cache.get_seq_length() == 11
+    torch.testing.assert_close(logits[0], logits[1], rtol=0, atol=0)
+    with pytest.raises(RuntimeError, match="KV cache full: 13 positions asked of a buffer of 12"):
+        with torch.inference_mode():
+            model(input_ids=nxt[:, None, None].squeeze(-1).repeat(1, 2), attention_mask=mask.new_ones((2, 13)),
+                  position_ids=pos[:, -2:] + 2, cache=cache, use_cache=True)
+
+
+def test_continuous_flow_equals_one_request_at_a_time(questions):
+    """Continuous batching: follow-ups join a running batch of 3 slots as rows end; every answer is the
+    model's greedy answer to its request alone, the follow-ups come from the answers, and each row
+    steps only while it is unfinished."""
+    from budgetlib.backends.base import Request, generate_flow
+
+    direct = [prompts.DIRECT.render(p.question) for p in data.load("synthetic", "test", limit=4)]
+    first = [Request(("cot", i), q) for i, q in enumerate(questions[:4])] + \
+            [Request(("direct", i), q) for i, q in enumerate(direct)]
+    seen: dict = {}
+
+    def follow(tag, gen):
+        seen[tag] = gen
+        if tag[0] == "cot":  # a dependent request, as a search's next candidate: built from the answer
+            return [Request(("budget", tag[1]), prompts.BUDGETED_COT.render(
+                data.load("synthetic", "test", limit=4)[tag[1]].question, max(1, gen.n_output_tokens // 2)))]
+        return []
+
+    flow = HFBackend(batch_size=3, progress=False)
+    assert generate_flow(flow, first, follow, max_new_tokens=40) == 0  # scheduled by the backend
+    assert len(seen) == 12 and flow.flow_stats["prefills"] >= 3
+    one = HFBackend(batch_size=1, progress=False)
+    problems = data.load("synthetic", "test", limit=4)
+    for (kind, i), gen in seen.items():
+        if kind == "cot":
+            prompt = questions[i]
+        elif kind == "direct":
+            prompt = direct[i]
+        else:
+            prompt = prompts.BUDGETED_COT.render(problems[i].question, max(1, seen[("cot", i)].n_output_tokens // 2))
+        assert one.generate([prompt], max_new_tokens=40) == [gen], (kind, i)
+    # rounds of generate() give the same answers (the fallback when continuous batching is off)
+    rounds: dict = {}
+    off = HFBackend(batch_size=3, progress=False, continuous=False)
+    calls = generate_flow(off, first, lambda t, g: (rounds.__setitem__(t, g), follow(t, g))[1], max_new_tokens=40)
+    assert calls == 3 + 2 and rounds == seen  # 8 requests in 3 calls of <= 3, then 4 follow-ups in 2

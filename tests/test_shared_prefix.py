@@ -142,7 +142,8 @@ def test_ladder_search_equals_round_by_round(feasibility):
     backend = Sharing(scripted)
     ladder = search_budgets(backend, SCRIPTED_PROBLEMS, ladder=True, group_size=None, **kw)
     assert ladder == rounds
-    assert len(backend.calls) == 2 and backend.settings == [False, True]  # vanilla, then every ladder at once
+    # vanilla, then every ladder at once, in one flow: sharing is on for both (a rounds backend)
+    assert len(backend.calls) == 2 and backend.settings == [True, True]
     with pytest.raises(ValueError, match="ladder"):
         search_budgets(FakeBackend(scripted), SCRIPTED_PROBLEMS[:2], strategy="binary", ladder=True)
 

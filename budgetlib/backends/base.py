@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Literal, Protocol, Sequence, runtime_checkable
+from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, runtime_checkable
 
-__all__ = ["Generation", "Backend", "check_request", "prefixes_for", "in_order", "PrefillUnsupported", "generate_in_batches"]
+__all__ = ["Generation", "Backend", "check_request", "prefixes_for", "in_order", "PrefillUnsupported", "generate_in_batches",
+           "Request", "generate_flow"]
 
 FinishReason = Literal["stop", "length"]
 
@@ -100,3 +101,51 @@ def generate_in_batches(backend: Backend, prompts: Sequence[str], *, max_new_tok
                                f"{len(chunk)} prompts")
         out.extend(gens)
     return out
+
+
+@dataclass(frozen=True)
+class Request:
+    """One greedy request of a flow (`generate_flow`): `tag` names it to the caller's callback."""
+
+    tag: Any
+    prompt: str
+    assistant_prefix: str | None = None
+
+
+def generate_flow(backend: Backend, requests: Sequence[Request], follow: Callable[[Any, Generation], Sequence[Request]],
+                  *, max_new_tokens: int, batch_size: int | None = None) -> int:
+    """Greedy answers to `requests` and to every request that depends on an
+    earlier answer: when a request's generation exists, ``follow(tag,
+    generation)`` returns the requests it leads to (a search's next budget),
+    and those are generated too, until none are left. Returns the number of
+    backend calls (0 for a backend that schedules the flow itself).
+
+    A backend with its own ``generate_flow(requests, follow, *, max_new_tokens,
+    batch_size)`` runs it and returns its count (`HFBackend`: continuous
+    batching, a follow-up joins the running batch as soon as a slot is free;
+    `CachedBackend`: answers it has, the rest from the backend it wraps).
+    Any other backend runs it in rounds:
+    every waiting request in one `generate` call (or calls of at most
+    `batch_size`), then the follow-ups of all of them. Either way each answer
+    is the backend's greedy answer to its request, so the results are the same
+    up to batch-dependent float rounding."""
+    own = getattr(backend, "generate_flow", None)
+    if own is not None:
+        return own(list(requests), follow, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    calls, waiting = 0, list(requests)
+    while waiting:
+        step = batch_size or len(waiting)
+        following: list[Request] = []
+        for start in range(0, len(waiting), step):
+            chunk = waiting[start:start + step]
+            prefixes = [r.assistant_prefix for r in chunk]
+            gens = backend.generate([r.prompt for r in chunk], max_new_tokens=max_new_tokens,
+                                    assistant_prefix=None if all(p is None for p in prefixes) else prefixes)
+            calls += 1
+            if len(gens) != len(chunk):
+                raise RuntimeError(f"backend {backend.model_id!r} returned {len(gens)} generations for "
+                                   f"{len(chunk)} prompts")
+            for r, g in zip(chunk, gens):
+                following.extend(follow(r.tag, g))
+        waiting = following
+    return calls

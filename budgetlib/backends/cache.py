@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..paths import cache_dir
-from .base import Backend, Generation, check_request, in_order, prefixes_for
+from .base import Backend, Generation, Request, check_request, generate_flow, in_order, prefixes_for
 
 __all__ = ["CachedBackend", "default_cache_path", "cache_enabled_by_env"]
 
@@ -140,6 +140,40 @@ class CachedBackend:
                 self._store({keys[i]: g})
             for twin in twins[keys[i]]:
                 yield twin, g
+
+    def generate_flow(self, requests: Sequence[Request], follow, *, max_new_tokens: int,
+                      batch_size: int | None = None) -> int:
+        """`backends.base.generate_flow` through the cache: a request it has an answer for is followed at
+        once (its follow-ups looked up in turn), the others go to the wrapped backend's flow, each answer
+        stored as it arrives. Returns the wrapped flow's count of calls."""
+        if not self.enabled:
+            return generate_flow(self.backend, requests, follow, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+        def misses(reqs: Sequence[Request]) -> list[Request]:
+            out, work = [], list(reqs)
+            while work:
+                r = work.pop(0)
+                key = self.key(r.prompt, max_new_tokens=max_new_tokens, temperature=0.0, seed=0,
+                               assistant_prefix=r.assistant_prefix)
+                found = self._lookup({key})
+                if key in found:
+                    self.hits += 1
+                    work.extend(follow(r.tag, found[key]))
+                else:
+                    self.misses += 1
+                    out.append(Request((r.tag, key), r.prompt, r.assistant_prefix))
+            return out
+
+        def store_and_follow(tag, gen: Generation) -> list[Request]:
+            user_tag, key = tag
+            self._store({key: gen})
+            return misses(follow(user_tag, gen))
+
+        first = misses(requests)
+        if not first:
+            return 0
+        return generate_flow(self.backend, first, store_and_follow, max_new_tokens=max_new_tokens,
+                             batch_size=batch_size)
 
     def _lookup(self, keys: set[str]) -> dict[str, Generation]:
         found: dict[str, Generation] = {}

@@ -25,7 +25,7 @@ from typing import Any, Sequence
 
 from ..models import EMBEDDED, embedded_model_dir, resolve_weights
 from ..prompts import DEFAULT_RENDERING, check_rendering, render_chat
-from .base import Generation, check_request, prefixes_for
+from .base import Generation, Request, check_request, prefixes_for
 from .prefix_cache import MIN_PREFIX, PrefillStats, group_by_prefix, pack_groups, prefill_shared, \
     supports_prefix_sharing
 
@@ -68,9 +68,18 @@ class HFBackend:
     `compact` (default on; greedy plain batches only) decodes with a loop that
     drops each finished row from the batch and its KV cache, instead of
     `generate`, which keeps finished rows in every step until the longest
-    answer ends. Sampled and shared-prefix batches use `generate`. An
-    execution detail like the batch size: not part of `identity()`. `prefill_stats` counts the prompt tokens actually run
-    through the model either way.
+    answer ends. Sampled and shared-prefix batches use `generate`. Both loops
+    keep the KV cache in a buffer allocated once (`hf_decoding`), not grown
+    by a copy every step.
+
+    `continuous` (default on) runs `generate_flow` (requests whose follow-ups
+    depend on their answers, as a search's candidates do) with continuous
+    batching: up to `batch_size` rows decode together, and a follow-up joins
+    the running batch as soon as a row is free instead of waiting for a round
+    to end. Off, or for a model with sliding-window or recurrent layers, a
+    flow runs in rounds of `generate` calls. Execution details like the batch
+    size: not part of `identity()`. `prefill_stats` counts the prompt tokens
+    actually run through the model either way.
     """
 
     supports_shared_prefix = True
@@ -79,7 +88,7 @@ class HFBackend:
                  device: str | None = None, dtype: str | None = None, batch_size: int = 16,
                  progress: bool = True, adapter: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
                  shared_prefix: bool = False, min_shared_prefix: int = MIN_PREFIX, compact: bool = True,
-                 rendering: str = DEFAULT_RENDERING):
+                 continuous: bool = True, rendering: str = DEFAULT_RENDERING):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -91,7 +100,9 @@ class HFBackend:
         self.rendering = check_rendering(rendering)
         self.shared_prefix = bool(shared_prefix)
         self.compact = bool(compact)
+        self.continuous = bool(continuous)
         self.compact_stats = {"batches": 0, "row_steps": 0}
+        self.flow_stats: dict[str, int] = {}
         self.min_shared_prefix = min_shared_prefix
         self.prefill_stats = PrefillStats()
         self._sharing_ok: bool | None = None  # whether this model's cache can be shared (checked on first use)
@@ -149,15 +160,7 @@ class HFBackend:
         from tqdm.auto import tqdm
 
         check_request(prompts, max_new_tokens, temperature)
-        prefixes = prefixes_for(assistant_prefix, len(prompts))
-        inputs = [self.render(p, pre) for p, pre in zip(prompts, prefixes)]
-        ids = [self.tokenizer(t, add_special_tokens=False).input_ids for t in inputs]
-        context = getattr(self.model.config, "max_position_embeddings", None)
-        too_long = [i for i, x in enumerate(ids) if context and len(x) + max_new_tokens > context]
-        if too_long:
-            i = too_long[0]
-            raise ValueError(f"prompt {i} has {len(ids[i])} tokens; with max_new_tokens={max_new_tokens} it exceeds "
-                             f"{self.model_id}'s context of {context} tokens ({len(too_long)} prompts too long)")
+        ids = self._token_ids(prompts, prefixes_for(assistant_prefix, len(prompts)), max_new_tokens)
         share = self.shared_prefix if shared_prefix is None else bool(shared_prefix)
         groups, plain = [], list(range(len(ids)))
         if share and len(ids) > 1 and self._can_share():
@@ -177,52 +180,57 @@ class HFBackend:
                 bar.update(len(batch))
         return results  # type: ignore[return-value]
 
+    def _token_ids(self, prompts: Sequence[str], prefixes: Sequence[str | None], max_new_tokens: int) -> list[list[int]]:
+        """The rendered prompts' token ids; a ValueError when one does not fit the context with `max_new_tokens`."""
+        ids = [self.tokenizer(self.render(p, pre), add_special_tokens=False).input_ids
+               for p, pre in zip(prompts, prefixes)]
+        context = getattr(self.model.config, "max_position_embeddings", None)
+        too_long = [i for i, x in enumerate(ids) if context and len(x) + max_new_tokens > context]
+        if too_long:
+            i = too_long[0]
+            raise ValueError(f"prompt {i} has {len(ids[i])} tokens; with max_new_tokens={max_new_tokens} it exceeds "
+                             f"{self.model_id}'s context of {context} tokens ({len(too_long)} prompts too long)")
+        return ids
+
+    def _generation(self, row: list[int]) -> Generation:
+        """A row of new tokens (ending at an end token, or cut at max_new_tokens) as a `Generation`."""
+        stop = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
+        kept = row if stop is None else row[:stop]
+        return Generation(self.tokenizer.decode(kept, skip_special_tokens=True), len(kept),
+                          "length" if stop is None else "stop")
+
+    def generate_flow(self, requests: Sequence[Request], follow, *, max_new_tokens: int,
+                      batch_size: int | None = None) -> int:
+        """`backends.base.generate_flow` with continuous batching (class docstring) in at most
+        `batch_size` (None: the backend's) slots; greedy. Returns 0 (no rounds) or the rounds' calls."""
+        from .base import generate_flow
+        from .hf_decoding import Row, greedy_continuous
+
+        if not (self.continuous and self._can_share()):
+            return generate_flow(_Rounds(self), requests, follow, max_new_tokens=max_new_tokens,
+                                 batch_size=batch_size or self.batch_size)
+        check_request([r.prompt for r in requests], max_new_tokens, 0.0)
+
+        def rows(reqs: Sequence[Request]) -> list[Row]:
+            ids = self._token_ids([r.prompt for r in reqs], [r.assistant_prefix for r in reqs], max_new_tokens)
+            self.prefill_stats.plain_tokens += sum(map(len, ids))
+            return [Row(r.tag, x) for r, x in zip(reqs, ids)]
+
+        def finished(row: Row) -> list[Row]:
+            return rows(list(follow(row.tag, self._generation(row.tokens))))
+
+        greedy_continuous(self.model, rows(requests), finished, max_new_tokens=max_new_tokens,
+                          eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_token_id,
+                          slots=batch_size or self.batch_size, stats=self.flow_stats)
+        return 0
+
     def _can_share(self) -> bool:
         if self._sharing_ok is None:
             self._sharing_ok = supports_prefix_sharing(self.model)
             if not self._sharing_ok:
-                log.warning("%s has sliding-window or recurrent cache layers: shared_prefix falls back to "
-                            "plain batches", self.model_id)
+                log.warning("%s has sliding-window or recurrent cache layers: shared-prefix prefill, compacting "
+                            "and continuous batching fall back to transformers' generate", self.model_id)
         return self._sharing_ok
-
-    def _greedy_compacting(self, input_ids, attention_mask, max_new_tokens: int) -> list[list[int]]:
-        """Greedy decoding of one left-padded batch that drops each row from the
-        batch (and its KV cache) as soon as it ends, so the last long answers
-        no longer drag finished rows through every step (what `generate` does).
-        Returns each row's new tokens, up to and including its end token."""
-        import torch
-        from transformers import DynamicCache
-
-        cache = DynamicCache(config=self.model.config)
-        mask = attention_mask
-        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache,
-                         use_cache=True, logits_to_keep=1)
-        next_pos = positions[:, -1:] + 1
-        alive = list(range(input_ids.shape[0]))
-        rows: list[list[int]] = [[] for _ in alive]
-        eos = torch.tensor(sorted(self.eos_ids), device=input_ids.device)
-        for step in range(max_new_tokens):
-            tokens = out.logits[:, -1, :].argmax(-1)
-            for row, t in zip(alive, tokens.tolist()):
-                rows[row].append(t)
-            if step == max_new_tokens - 1:
-                break
-            keep = ~torch.isin(tokens, eos)
-            if not bool(keep.all()):
-                if not bool(keep.any()):
-                    break
-                idx = keep.nonzero().squeeze(-1)
-                cache.batch_select_indices(idx)
-                mask, next_pos, tokens = mask[idx], next_pos[idx], tokens[idx]
-                alive = [alive[i] for i in idx.tolist()]
-            self.compact_stats["row_steps"] += len(alive)
-            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=-1)
-            out = self.model(input_ids=tokens[:, None], attention_mask=mask, position_ids=next_pos,
-                             cache=cache, use_cache=True)
-            next_pos = next_pos + 1
-        self.compact_stats["batches"] += 1
-        return rows
 
     def _generate_batch(self, ids: list[list[int]], batch: list[int], max_new_tokens: int, temperature: float,
                         groups: list | None = None) -> list[Generation]:
@@ -231,6 +239,8 @@ class HFBackend:
         order) the shared-prefix layout."""
         import torch
         from transformers import GenerationConfig
+
+        from .hf_decoding import greedy_compacting
 
         sample = temperature > 0
         config = GenerationConfig(
@@ -249,15 +259,19 @@ class HFBackend:
                 shared = prefill_shared(self.model, ids, groups, pad_token_id=self.tokenizer.pad_token_id,
                                         device=self.device, stats=self.prefill_stats)
                 kwargs, width = shared.generate_kwargs(), shared.width
-            if groups is None and not sample and self.compact:
-                new_tokens = self._greedy_compacting(kwargs["input_ids"], kwargs["attention_mask"], max_new_tokens)
+            if groups is None and not sample and self.compact and self._can_share():
+                new_tokens = greedy_compacting(self.model, kwargs["input_ids"], kwargs["attention_mask"],
+                                               max_new_tokens, self.eos_ids, self.compact_stats)
+                self.compact_stats["batches"] += 1
             else:
                 out = self.model.generate(**kwargs, generation_config=config)
                 new_tokens = out[:, width:].tolist()
-        gens = []
-        for row in new_tokens:  # (a compacted row ends at its end-of-sequence token or at max_new_tokens)
-            stop = next((k for k, t in enumerate(row) if t in self.eos_ids), None)
-            kept = row if stop is None else row[:stop]
-            text = self.tokenizer.decode(kept, skip_special_tokens=True)
-            gens.append(Generation(text, len(kept), "length" if stop is None else "stop"))
-        return gens
+        # (a compacted row ends at its end-of-sequence token or at max_new_tokens)
+        return [self._generation(row) for row in new_tokens]
+
+
+class _Rounds:
+    """An `HFBackend` seen without its own `generate_flow`, so `base.generate_flow` runs a flow in rounds."""
+
+    def __init__(self, backend: HFBackend):
+        self.model_id, self.generate = backend.model_id, backend.generate
