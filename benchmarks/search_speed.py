@@ -7,8 +7,8 @@ and prints:
 
 - the speed ratio sequential / batched, and whether both found the same budgets, for the
   batched search in rounds (every still-searching question's next candidate in one call)
-  and with continuous batching (`HFBackend.generate_flow`: a question's next candidate
-  joins the running batch as soon as its last answer ends), each also in ladder mode
+  and continuous (the backend's own `generate_flow`; on `HFBackend` continuous batching: a
+  question's next candidate joins the running batch as soon as its last answer ends), each also in ladder mode
   (each question's halving candidates β0/2, β0/4, ... at once, the sequential decisions
   replayed on the answers);
 - the batched search's generated tokens/s, next to llama.cpp serving the same
@@ -26,8 +26,9 @@ With ``--engine llama-server`` (``make install-medium``) the same comparison run
 medium profile does (its model and `backend_options` from ``profiles.yaml``: TALE's raw rendering, answers
 ending at their first numeric ``[[...]]``; ``--batch-size`` slots), e.g. ``--engine llama-server --model qwen2.5-coder-0.5b --data gsm8k --batch-size 8
 --max-new-tokens 1024``. There the sequential reference sends one prompt at a time to the same server, so the
-ratio is bounded by what the server's slots decode together over one request alone; the raw-generate overhead
-and continuous batching are measured on ``hf`` only (the server runs a flow in rounds).
+ratio is bounded by what the server's slots decode together over one request alone; there "continuous" keeps
+every slot busy (`LlamaServerBackend.generate_flow`: a follow-up is sent as soon as its answer arrives). The
+raw-generate overhead is measured on ``hf`` only (it would double the run).
 """
 
 from __future__ import annotations

@@ -116,11 +116,12 @@ def main():
                             content, stop_type, tokens = text[:text.find(hit)], "word", tokens[:k + 1]
                             reply["stopping_word"] = hit
                             break
-                    self.reply({"content": content, "tokens": tokens, "stop_type": stop_type, "truncated": False,
-                                "tokens_predicted": len(tokens), **reply})
-                finally:
+                    response = {"content": content, "tokens": tokens, "stop_type": stop_type, "truncated": False,
+                                "tokens_predicted": len(tokens), **reply}
+                finally:  # a slot is free before its answer leaves: a client may send the next request at once
                     with LOCK:
                         ACTIVE["now"] -= 1
+                self.reply(response)
             else:
                 self.reply({"error": "not found"}, 404)
 

@@ -63,6 +63,29 @@ def test_keeps_order_and_runs_requests_concurrently(backend):
     assert backend._request("GET", "/props")["max_active"] == 3  # never more than the slots, and all of them
 
 
+def test_a_flow_keeps_every_slot_busy_and_follows_each_answer(backend):
+    """generate_flow on the server: follow-ups are sent as their answers arrive (no rounds), at most the
+    slots are in flight, each answer is the one generate gives, and a failed request raises after the
+    requests in flight are followed, with nothing new sent after it."""
+    from budgetlib.backends.base import Request, generate_flow
+
+    seen = {}
+
+    def follow(tag, gen):
+        seen[tag] = gen
+        return [Request(tag + 100, f"next {tag}")] if tag < 100 else []
+
+    assert generate_flow(backend, [Request(i, f"q{i}") for i in range(5)], follow, max_new_tokens=8) == 0
+    assert set(seen) == set(range(5)) | set(range(100, 105))
+    assert seen[3] == Generation("echo: q3", 2, "stop") and seen[103] == Generation("echo: next 3", 3, "stop")
+    assert backend._request("GET", "/props")["max_active"] == 3
+    seen.clear()
+    with pytest.raises(LlamaServerError, match="exceed"):
+        generate_flow(backend, [Request(0, "q0"), Request(1, "TOO_LONG"), Request(2, "q2")],
+                      lambda tag, gen: (seen.__setitem__(tag, gen), [])[1], max_new_tokens=8)
+    assert set(seen) == {0, 2}  # sent before the failure came back, and followed
+
+
 def test_render_and_prefill(backend):
     assert backend.render("hi") == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     assert backend.render("hi", "<budget>") == backend.render("hi") + "<budget>"

@@ -79,14 +79,20 @@ class PreallocatedLayer(_layer_base()):
             self._k, self._v = self._k[indices], self._v[indices]
             self._views()
 
-    def load(self, keys, values, capacity: int) -> None:
-        """Replace the contents with `keys`/`values` (batch, heads, length, dim) in a fresh buffer."""
-        self.capacity, self.length = capacity, keys.shape[-2]
-        self.device = keys.device
-        self._k = keys.new_zeros((*keys.shape[:2], capacity, keys.shape[-1]))
-        self._v = values.new_zeros((*values.shape[:2], capacity, values.shape[-1]))
-        self._k[:, :, :self.length] = keys
-        self._v[:, :, :self.length] = values
+    def relayout(self, parts, offsets, width: int, capacity: int) -> None:
+        """A fresh buffer of `capacity` positions holding `parts` (``(keys, values)`` blocks, stacked on
+        the batch axis) each right-aligned to column `width`, starting at its column offset in `offsets`
+        (zeros to its left: masked padding). One copy of each block."""
+        first = parts[0][0]
+        rows = sum(k.shape[0] for k, _ in parts)
+        self._k = first.new_zeros((rows, first.shape[1], capacity, first.shape[-1]))
+        self._v = first.new_zeros((rows, first.shape[1], capacity, first.shape[-1]))
+        at = 0
+        for (k, v), offset in zip(parts, offsets):
+            self._k[at:at + k.shape[0], :, offset:width] = k
+            self._v[at:at + k.shape[0], :, offset:width] = v
+            at += k.shape[0]
+        self.capacity, self.length, self.device = capacity, width, first.device
         self.is_initialized = True
         self._views()
 
@@ -179,46 +185,44 @@ class _Batch:
         return kv, mask, positions[:, -1:] + 1, out.logits[:, -1, :].argmax(-1)
 
     def rebuild(self, keep: list[int], new=None) -> None:
-        """Keep the running rows at indices `keep` and append the prefilled rows `new` (from `prefill`),
-        in one copy of the cache: columns that every kept row masks are dropped, and the shorter side is
-        left padded so that every row's last token sits in the last column."""
+        """Keep the running rows at indices `keep` and append the prefilled rows `new` (from `prefill`):
+        columns that every kept row masks are dropped, and the shorter side is left padded so that every
+        row's last token sits in the last column. Dropping rows alone (no `new`, little to trim) selects
+        them in place of a relayout."""
         import torch
 
-        if self.cache is None:  # first rows
-            kv, self.mask, self.next_pos, self.last = new
-            from transformers import DynamicCache
-            self.cache = DynamicCache(config=self.model.config)
-            self.cache.layers = [PreallocatedLayer(1) for _ in kv]
-            for layer, (k, v) in zip(self.cache.layers, kv):
-                layer.load(k, v, k.shape[-2] + self.max_new_tokens)
-            return
         idx = torch.tensor(keep, dtype=torch.long)
-        mask = self.mask[idx]
-        start = int(mask.any(0).nonzero()[0]) if len(keep) else mask.shape[1]
+        if self.cache is None:  # the first rows
+            from transformers import DynamicCache
+
+            self.cache = DynamicCache(config=self.model.config)
+            self.cache.layers = [PreallocatedLayer(1) for _ in new[0]]
+            mask, start = new[1][:0], 0
+        else:
+            mask = self.mask[idx]
+            start = int(mask.any(0).nonzero()[0]) if len(keep) else mask.shape[1]
+        if new is None and start < max(32, mask.shape[1] // 4):
+            self.cache.batch_select_indices(idx)
+            self.mask, self.next_pos, self.last = mask, self.next_pos[idx], self.last[idx]
+            return
         mask = mask[:, start:]
-        old_len = mask.shape[1]
-        new_len = 0 if new is None else new[1].shape[1]
+        old_len, new_len = mask.shape[1], 0 if new is None else new[1].shape[1]
         width = max(old_len, new_len)
-        masks, positions, lasts = [], [], []
+        masks, positions, lasts, offsets = [], [], [], []
         if len(keep):
-            masks.append(torch.cat([mask.new_zeros((len(keep), width - old_len)), mask], dim=1))
+            masks.append(torch.nn.functional.pad(mask, (width - old_len, 0)))
             positions.append(self.next_pos[idx])
             lasts.append(self.last[idx])
+            offsets.append(width - old_len)
         if new is not None:
-            masks.append(torch.cat([new[1].new_zeros((new[1].shape[0], width - new_len)), new[1]], dim=1))
+            masks.append(torch.nn.functional.pad(new[1], (width - new_len, 0)))
             positions.append(new[2])
             lasts.append(new[3])
+            offsets.append(width - new_len)
         for i, layer in enumerate(self.cache.layers):
-            parts_k, parts_v = [], []
-            if len(keep):
-                k, v = layer.keys[idx, :, start:], layer.values[idx, :, start:]
-                parts_k.append(torch.nn.functional.pad(k, (0, 0, width - old_len, 0)))
-                parts_v.append(torch.nn.functional.pad(v, (0, 0, width - old_len, 0)))
-            if new is not None:
-                k, v = new[0][i]
-                parts_k.append(torch.nn.functional.pad(k, (0, 0, width - new_len, 0)))
-                parts_v.append(torch.nn.functional.pad(v, (0, 0, width - new_len, 0)))
-            layer.load(torch.cat(parts_k), torch.cat(parts_v), width + self.max_new_tokens)
+            parts = ([(layer.keys[idx, :, start:], layer.values[idx, :, start:])] if len(keep) else []) + \
+                    ([new[0][i]] if new is not None else [])
+            layer.relayout(parts, offsets, width, width + self.max_new_tokens)
         self.mask, self.next_pos, self.last = torch.cat(masks), torch.cat(positions), torch.cat(lasts)
 
     def step(self):

@@ -65,12 +65,12 @@ import os
 import shutil
 import urllib.error
 import urllib.request
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, as_completed, wait
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from ..prompts import ANSWER_CLOSE, DEFAULT_RENDERING, MAX_PLACEHOLDERS, STOP_AT_ANSWER, chat_messages, check_rendering, closes_answer, render_raw
-from .base import Generation, check_request, in_order, prefixes_for
+from .base import Generation, Request, check_request, in_order, prefixes_for
 from .cores import EngineBusy, check_threads, claim_engine, release_engine
 from .server_process import ServerCrashed, ServerProcess, free_port
 
@@ -192,6 +192,36 @@ class LlamaServerBackend:
                     future.cancel()  # a consumer that stops early sends nothing more
             if failed is not None:
                 raise failed
+
+    def generate_flow(self, requests: Sequence[Request], follow, *, max_new_tokens: int,
+                      batch_size: int | None = None) -> int:
+        """`backends.base.generate_flow` kept continuous over the server's slots: at most `batch_size`
+        (None: `parallel`) requests in flight, and a follow-up is sent as soon as the answer it depends on
+        arrives, not when a round ends. Greedy. A failed request raises once the requests in flight have
+        finished (their answers followed); nothing new is sent after it. Returns 0 (no rounds)."""
+        check_request([r.prompt for r in requests], max_new_tokens, 0.0)
+        waiting = list(requests)
+        workers = min(batch_size or self.parallel, self.parallel)
+        failed: BaseException | None = None
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            running: dict = {}
+            while waiting or running:
+                while waiting and len(running) < workers and failed is None:
+                    r = waiting.pop(0)
+                    future = pool.submit(self._one, self.render(r.prompt, r.assistant_prefix), max_new_tokens, 0.0, 0)
+                    running[future] = r
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    r = running.pop(future)
+                    if future.exception() is not None:
+                        failed = failed or future.exception()
+                        continue
+                    waiting.extend(follow(r.tag, future.result()))
+        if failed is not None:
+            raise failed
+        return 0
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` under the model's tokenizer (no special tokens parsed)."""
