@@ -33,9 +33,11 @@ answer exists, and replays the same state machine over those answers: the
 same results with a deterministic backend, one step of latency instead of
 several, at the price of also generating the candidates below the first
 infeasible one. One question's candidates differ only in the budget number,
-so with ``shared_prefix`` on (the default in ladder mode) a backend that
-supports it in rounds (`HFBackend(continuous=False)`) encodes the common
-prompt prefix once per question.
+so with ``shared_prefix=True`` a backend that supports it in rounds
+(`HFBackend(continuous=False)`) encodes the common prompt prefix once per
+question (off by default: it also groups the vanilla requests by their common
+chat-template opening, which sends them through transformers' `generate`
+instead of the compacting loop: slower on a CPU, LOG 2026-12-07).
 """
 
 from __future__ import annotations
@@ -237,16 +239,16 @@ def search_budgets(backend: Backend, problems: Sequence[Problem], *, strategy: s
 
     `ladder` (halving only): all of a question's halving candidates at once,
     then the same decisions (module docstring). `shared_prefix` for the flow:
-    None means on in ladder mode and the backend's own setting otherwise;
-    backends without support, and continuous batching, ignore it. None of the
-    three changes results, so none is part of the search fingerprint."""
+    None keeps the backend's own setting; backends without support, and
+    continuous batching, ignore it. None of the three changes results, so none
+    is part of the search fingerprint."""
     from tqdm.auto import tqdm
 
     config = SearchConfig(strategy, feasibility, min_budget, tolerance, max_new_tokens)  # type: ignore[arg-type]
     if ladder and strategy != "halving":
         raise ValueError(f"ladder mode is the halving ladder; strategy {strategy!r} picks its candidates "
                          "from earlier answers")
-    sharing = (True if ladder else None) if shared_prefix is None else shared_prefix
+    sharing = shared_prefix
     check_problems(problems, "search")
     store = _Store(run)
     backend = run.keep_answers(backend) if run is not None else backend

@@ -142,8 +142,10 @@ def test_ladder_search_equals_round_by_round(feasibility):
     backend = Sharing(scripted)
     ladder = search_budgets(backend, SCRIPTED_PROBLEMS, ladder=True, group_size=None, **kw)
     assert ladder == rounds
-    # vanilla, then every ladder at once, in one flow: sharing is on for both (a rounds backend)
-    assert len(backend.calls) == 2 and backend.settings == [True, True]
+    assert len(backend.calls) == 2 and backend.settings == [False, False]  # vanilla, then every ladder at once
+    shared = Sharing(scripted)
+    assert search_budgets(shared, SCRIPTED_PROBLEMS, ladder=True, group_size=None, shared_prefix=True, **kw) == rounds
+    assert shared.settings == [True, True] and shared.shared_prefix is False  # asked for, then restored
     with pytest.raises(ValueError, match="ladder"):
         search_budgets(FakeBackend(scripted), SCRIPTED_PROBLEMS[:2], strategy="binary", ladder=True)
 
