@@ -248,7 +248,6 @@ def search_budgets(backend: Backend, problems: Sequence[Problem], *, strategy: s
     if ladder and strategy != "halving":
         raise ValueError(f"ladder mode is the halving ladder; strategy {strategy!r} picks its candidates "
                          "from earlier answers")
-    sharing = shared_prefix
     check_problems(problems, "search")
     store = _Store(run)
     backend = run.keep_answers(backend) if run is not None else backend
@@ -292,7 +291,7 @@ def search_budgets(backend: Backend, problems: Sequence[Problem], *, strategy: s
                 s.observe(rungs[i][b])
             return finish(s)
 
-        with prefix_sharing(backend, sharing):
+        with prefix_sharing(backend, shared_prefix):
             generate_flow(backend, [Request(("vanilla", i, None), VANILLA_COT.render(p.question))
                                     for i, p in enumerate(group)],
                           follow, max_new_tokens=max_new_tokens, batch_size=batch_size)

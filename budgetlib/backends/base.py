@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Literal, Protocol, Sequence, runtime_checkable
 
 __all__ = ["Generation", "Backend", "check_request", "prefixes_for", "in_order", "PrefillUnsupported", "generate_in_batches",
-           "Request", "generate_flow"]
+           "Request", "generate_flow", "generate_in_rounds"]
 
 FinishReason = Literal["stop", "length"]
 
@@ -132,6 +132,14 @@ def generate_flow(backend: Backend, requests: Sequence[Request], follow: Callabl
     own = getattr(backend, "generate_flow", None)
     if own is not None:
         return own(list(requests), follow, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    return generate_in_rounds(backend, requests, follow, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+
+def generate_in_rounds(backend: Backend, requests: Sequence[Request],
+                       follow: Callable[[Any, Generation], Sequence[Request]], *, max_new_tokens: int,
+                       batch_size: int | None = None) -> int:
+    """`generate_flow` in rounds of `backend.generate` calls, whatever flow the backend has of its own (the
+    fallback of a backend that cannot run it continuously). Returns the number of calls."""
     calls, waiting = 0, list(requests)
     while waiting:
         step = batch_size or len(waiting)

@@ -150,18 +150,20 @@ class CachedBackend:
             return generate_flow(self.backend, requests, follow, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
         def misses(reqs: Sequence[Request]) -> list[Request]:
+            """Follow the requests the cache answers (level by level, one lookup each); return the rest."""
             out, work = [], list(reqs)
             while work:
-                r = work.pop(0)
-                key = self.key(r.prompt, max_new_tokens=max_new_tokens, temperature=0.0, seed=0,
-                               assistant_prefix=r.assistant_prefix)
-                found = self._lookup({key})
-                if key in found:
-                    self.hits += 1
-                    work.extend(follow(r.tag, found[key]))
-                else:
-                    self.misses += 1
-                    out.append(Request((r.tag, key), r.prompt, r.assistant_prefix))
+                keys = [self.key(r.prompt, max_new_tokens=max_new_tokens, temperature=0.0, seed=0,
+                                 assistant_prefix=r.assistant_prefix) for r in work]
+                found, following = self._lookup(set(keys)), []
+                for r, key in zip(work, keys):
+                    if key in found:
+                        self.hits += 1
+                        following.extend(follow(r.tag, found[key]))
+                    else:
+                        self.misses += 1
+                        out.append(Request((r.tag, key), r.prompt, r.assistant_prefix))
+                work = following
             return out
 
         def store_and_follow(tag, gen: Generation) -> list[Request]:

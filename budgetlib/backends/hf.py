@@ -105,7 +105,7 @@ class HFBackend:
         self.flow_stats: dict[str, int] = {}
         self.min_shared_prefix = min_shared_prefix
         self.prefill_stats = PrefillStats()
-        self._sharing_ok: bool | None = None  # whether this model's cache can be shared (checked on first use)
+        self._full_attention_ok: bool | None = None  # plain full-attention cache layers (checked on first use)
         self.progress = progress
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.dtype = dtype or ("bfloat16" if self.device.startswith("cuda") else "float32")
@@ -163,7 +163,7 @@ class HFBackend:
         ids = self._token_ids(prompts, prefixes_for(assistant_prefix, len(prompts)), max_new_tokens)
         share = self.shared_prefix if shared_prefix is None else bool(shared_prefix)
         groups, plain = [], list(range(len(ids)))
-        if share and len(ids) > 1 and self._can_share():
+        if share and len(ids) > 1 and self._full_attention():
             groups, plain = group_by_prefix(ids, min_prefix=self.min_shared_prefix, max_group=self.batch_size)
         batches: list[tuple[list[int], list | None]] = []
         for batch_groups in pack_groups(sorted(groups, key=lambda g: -len(ids[g.members[0]])), self.batch_size):
@@ -203,12 +203,12 @@ class HFBackend:
                       batch_size: int | None = None) -> int:
         """`backends.base.generate_flow` with continuous batching (class docstring) in at most
         `batch_size` (None: the backend's) slots; greedy. Returns 0 (no rounds) or the rounds' calls."""
-        from .base import generate_flow
+        from .base import generate_in_rounds
         from .hf_decoding import Row, greedy_continuous
 
-        if not (self.continuous and self._can_share()):
-            return generate_flow(_Rounds(self), requests, follow, max_new_tokens=max_new_tokens,
-                                 batch_size=batch_size or self.batch_size)
+        if not (self.continuous and self._full_attention()):
+            return generate_in_rounds(self, requests, follow, max_new_tokens=max_new_tokens,
+                                      batch_size=batch_size or self.batch_size)
         check_request([r.prompt for r in requests], max_new_tokens, 0.0)
 
         def rows(reqs: Sequence[Request]) -> list[Row]:
@@ -224,13 +224,15 @@ class HFBackend:
                           slots=batch_size or self.batch_size, stats=self.flow_stats)
         return 0
 
-    def _can_share(self) -> bool:
-        if self._sharing_ok is None:
-            self._sharing_ok = supports_prefix_sharing(self.model)
-            if not self._sharing_ok:
+    def _full_attention(self) -> bool:
+        """Whether every cache layer is plain full attention: what shared-prefix prefill, the compacting loop
+        and continuous batching need (`prefix_cache.supports_prefix_sharing`)."""
+        if self._full_attention_ok is None:
+            self._full_attention_ok = supports_prefix_sharing(self.model)
+            if not self._full_attention_ok:
                 log.warning("%s has sliding-window or recurrent cache layers: shared-prefix prefill, compacting "
                             "and continuous batching fall back to transformers' generate", self.model_id)
-        return self._sharing_ok
+        return self._full_attention_ok
 
     def _generate_batch(self, ids: list[list[int]], batch: list[int], max_new_tokens: int, temperature: float,
                         groups: list | None = None) -> list[Generation]:
@@ -259,7 +261,7 @@ class HFBackend:
                 shared = prefill_shared(self.model, ids, groups, pad_token_id=self.tokenizer.pad_token_id,
                                         device=self.device, stats=self.prefill_stats)
                 kwargs, width = shared.generate_kwargs(), shared.width
-            if groups is None and not sample and self.compact and self._can_share():
+            if groups is None and not sample and self.compact and self._full_attention():
                 new_tokens = greedy_compacting(self.model, kwargs["input_ids"], kwargs["attention_mask"],
                                                max_new_tokens, self.eos_ids, self.compact_stats)
                 self.compact_stats["batches"] += 1
@@ -269,9 +271,3 @@ class HFBackend:
         # (a compacted row ends at its end-of-sequence token or at max_new_tokens)
         return [self._generation(row) for row in new_tokens]
 
-
-class _Rounds:
-    """An `HFBackend` seen without its own `generate_flow`, so `base.generate_flow` runs a flow in rounds."""
-
-    def __init__(self, backend: HFBackend):
-        self.model_id, self.generate = backend.model_id, backend.generate

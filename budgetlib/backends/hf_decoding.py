@@ -192,11 +192,8 @@ class _Batch:
         import torch
 
         idx = torch.tensor(keep, dtype=torch.long)
-        if self.cache is None:  # the first rows
-            from transformers import DynamicCache
-
-            self.cache = DynamicCache(config=self.model.config)
-            self.cache.layers = [PreallocatedLayer(1) for _ in new[0]]
+        if self.cache is None:  # the first rows (the buffer is sized by the relayout below)
+            self.cache = preallocated_cache(self.model.config, 1)
             mask, start = new[1][:0], 0
         else:
             mask = self.mask[idx]
