@@ -20,7 +20,8 @@ Appends one CSV row (machine, device, versions) to
 results/benchmarks/search_speed.csv. Cost on a 2-core CPU with the embedded
 model at the defaults: about 5 minutes.
 
-    python benchmarks/search_speed.py [--n 32] [--max-new-tokens 128] [--batch-size 32] [--model ID]
+    python benchmarks/search_speed.py [--n 32] [--max-new-tokens 128] [--batch-size 32] [--model ID] [--dtype bfloat16]
+        [--shared-prefix]
 
 With ``--engine llama-server`` (``make install-medium``) the same comparison runs on llama.cpp's server, as the
 medium profile does (its model and `backend_options` from ``profiles.yaml``: TALE's raw rendering, answers
@@ -103,13 +104,17 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--llama-prompts", type=int, default=8, help="prompts for the llama.cpp comparison")
     ap.add_argument("--model", default=None)
+    ap.add_argument("--dtype", default=None, help="hf only: the weights' dtype (default float32 on a CPU)")
+    ap.add_argument("--shared-prefix", action="store_true",
+                    help="hf only: prompts that share a prefix run it once (HFBackend(shared_prefix=True))")
     ap.add_argument("--engine", choices=("hf", "llama-server"), default="hf")
     ap.add_argument("--data", default="synthetic", help="a named dataset; its train split is searched")
     args = ap.parse_args()
 
     env = environment_info()
     if args.engine == "hf":
-        backend = HFBackend(args.model, batch_size=args.batch_size, progress=False)
+        backend = HFBackend(args.model, batch_size=args.batch_size, progress=False, dtype=args.dtype,
+                            shared_prefix=args.shared_prefix)
     else:  # the medium profile's engine and options (profiles.yaml), --batch-size slots
         from budgetlib.backends import open_backend
         from budgetlib.profiles import profile
@@ -160,6 +165,7 @@ def main() -> None:
     row = {"timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": backend.model_id,
            "engine": args.engine, "data": f"{args.data}/train",
            "device": env["cuda"] or f"cpu ({env['cpu_count']} cores)", "dtype": getattr(backend, "dtype", "gguf"),
+           "shared_prefix": getattr(backend, "shared_prefix", None),
            "n_problems": len(problems), "n_searched": searched, "max_new_tokens": args.max_new_tokens,
            "batch_size": args.batch_size, "backend_calls_batched": len(recorded.calls),
            "seconds_sequential": round(t_sequential, 2), "seconds_batched": round(t_batched, 2),

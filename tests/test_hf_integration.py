@@ -163,6 +163,19 @@ def test_continuous_flow_equals_one_request_at_a_time(questions):
         else:
             prompt = prompts.BUDGETED_COT.render(problems[i].question, max(1, seen[("cot", i)].n_output_tokens // 2))
         assert one.generate([prompt], max_new_tokens=40) == [gen], (kind, i)
+    # finished slots were reused in place (a running row moved in, joins written into free slots): the whole
+    # cache was copied only for some joins, never per finished row
+    stats = flow.flow_stats
+    assert stats["moves"] >= 1 and stats["relayouts"] < stats["prefills"]
+    # the chat template's opening run once: every prompt starts with it, the answers are the same
+    shared = HFBackend(batch_size=3, progress=False, shared_prefix=True)
+    again: dict = {}
+    generate_flow(shared, first, lambda t, g: (again.__setitem__(t, g), follow(t, g))[1], max_new_tokens=40)
+    assert again == seen
+    opening = shared.prefill_stats.prefix_tokens
+    assert shared.flow_stats["prefix_rows"] == 12 and shared.prefill_stats.prefix_passes == 1 and opening >= 16
+    assert shared.prefill_stats.plain_tokens == 0
+    assert shared.prefill_stats.prompt_tokens == flow.prefill_stats.prompt_tokens - 11 * opening
     # rounds of generate() give the same answers (the fallback when continuous batching is off)
     rounds: dict = {}
     off = HFBackend(batch_size=3, progress=False, continuous=False)

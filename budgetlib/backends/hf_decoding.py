@@ -15,7 +15,11 @@ Two loops use it:
   row that ends frees its slot, a callback may add requests that depend on
   the finished answer (the next budget of a search), and waiting requests
   are prefilled and merged into the running batch between decode steps. No
-  request waits for a round to end.
+  request waits for a round to end. The buffer has a row per slot: a
+  finished row's slot is taken by the last running row (one row copied), a
+  joining row is written into a free slot, and the whole cache is copied
+  only when the buffer must grow or is mostly padding. A prefix that every
+  request shares (the chat template's opening) can be run once.
 
 Both are greedy, and both compute each row exactly as a left-padded batch
 does: the same positions (``cumsum(mask) - 1``), masked padding, keys and
@@ -42,11 +46,13 @@ class PreallocatedLayer(_layer_base()):
     """A full-attention cache layer whose keys/values live in one buffer of
     `capacity` positions: `update` writes the new columns in place and returns
     views of the filled part. ``keys``/``values`` are those views, so code that
-    reads a `DynamicLayer`'s tensors reads the same values."""
+    reads a `DynamicLayer`'s tensors reads the same values. The buffer may hold
+    more rows than the batch: the first `active` rows are the batch (the rest
+    are free slots for `greedy_continuous`)."""
 
     def __init__(self, capacity: int):
         super().__init__()
-        self.capacity, self.length = capacity, 0
+        self.capacity, self.length, self.active = capacity, 0, 0
         self._k = self._v = None
 
     def lazy_initialization(self, key_states, value_states) -> None:
@@ -54,10 +60,12 @@ class PreallocatedLayer(_layer_base()):
         b, h, _, d = key_states.shape
         self._k = key_states.new_zeros((b, h, self.capacity, d))
         self._v = value_states.new_zeros((b, h, self.capacity, d))
+        self.active = b
         self.is_initialized = True
 
     def _views(self) -> None:
-        self.keys, self.values = self._k[:, :, :self.length], self._v[:, :, :self.length]
+        self.keys = self._k[:self.active, :, :self.length]
+        self.values = self._v[:self.active, :, :self.length]
 
     def update(self, key_states, value_states, *args, **kwargs):
         if not self.is_initialized:
@@ -65,8 +73,8 @@ class PreallocatedLayer(_layer_base()):
         end = self.length + key_states.shape[-2]
         if end > self.capacity:
             raise RuntimeError(f"KV cache full: {end} positions asked of a buffer of {self.capacity}")
-        self._k[:, :, self.length:end].copy_(key_states)
-        self._v[:, :, self.length:end].copy_(value_states)
+        self._k[:self.active, :, self.length:end].copy_(key_states)
+        self._v[:self.active, :, self.length:end].copy_(value_states)
         self.length = end
         self._views()
         return self.keys, self.values
@@ -77,22 +85,46 @@ class PreallocatedLayer(_layer_base()):
     def batch_select_indices(self, indices) -> None:
         if self.is_initialized:
             self._k, self._v = self._k[indices], self._v[indices]
+            self.active = self._k.shape[0]
             self._views()
 
-    def relayout(self, parts, offsets, width: int, capacity: int) -> None:
-        """A fresh buffer of `capacity` positions holding `parts` (``(keys, values)`` blocks, stacked on
-        the batch axis) each right-aligned to column `width`, starting at its column offset in `offsets`
-        (zeros to its left: masked padding). One copy of each block."""
+    def move_row(self, src: int, dst: int) -> None:
+        """Row `dst` takes row `src`'s filled columns (a finished row's slot reused by a running one)."""
+        self._k[dst, :, :self.length] = self._k[src, :, :self.length]
+        self._v[dst, :, :self.length] = self._v[src, :, :self.length]
+
+    def set_active(self, rows: int) -> None:
+        self.active = rows
+        self._views()
+
+    def write_rows(self, at: int, keys, values) -> None:
+        """Rows ``at, at + 1, ...`` (free slots) take `keys`/`values` right-aligned to the filled length,
+        zeros to their left (masked padding); they join the batch."""
+        rows, width = keys.shape[0], keys.shape[-2]
+        pad = self.length - width
+        if pad < 0 or at + rows > self._k.shape[0]:
+            raise ValueError(f"{rows} rows of {width} positions do not fit at row {at} of a "
+                             f"{self._k.shape[0]}-row buffer filled to {self.length}")
+        self._k[at:at + rows, :, :pad] = 0
+        self._v[at:at + rows, :, :pad] = 0
+        self._k[at:at + rows, :, pad:self.length] = keys
+        self._v[at:at + rows, :, pad:self.length] = values
+        self.set_active(max(self.active, at + rows))
+
+    def relayout(self, parts, offsets, width: int, capacity: int, rows: int = 0) -> None:
+        """A fresh buffer of `capacity` positions (and at least `rows` rows) holding `parts` (``(keys,
+        values)`` blocks, stacked on the batch axis) each right-aligned to column `width`, starting at its
+        column offset in `offsets` (zeros to its left: masked padding). One copy of each block."""
         first = parts[0][0]
-        rows = sum(k.shape[0] for k, _ in parts)
-        self._k = first.new_zeros((rows, first.shape[1], capacity, first.shape[-1]))
-        self._v = first.new_zeros((rows, first.shape[1], capacity, first.shape[-1]))
+        filled = sum(k.shape[0] for k, _ in parts)
+        shape = (max(rows, filled), first.shape[1], capacity, first.shape[-1])
+        self._k, self._v = first.new_zeros(shape), first.new_zeros(shape)
         at = 0
         for (k, v), offset in zip(parts, offsets):
             self._k[at:at + k.shape[0], :, offset:width] = k
             self._v[at:at + k.shape[0], :, offset:width] = v
             at += k.shape[0]
-        self.capacity, self.length, self.device = capacity, width, first.device
+        self.capacity, self.length, self.active, self.device = capacity, width, filled, first.device
         self.is_initialized = True
         self._views()
 
@@ -160,56 +192,125 @@ class Row:
     tokens: list[int] = field(default_factory=list)
 
 
-class _Batch:
-    """The running rows of `greedy_continuous`: their cache, attention mask, next positions and last tokens."""
+class _Prefix:
+    """Leading token ids shared by requests, and their cache (keys, values per layer; one row)."""
 
-    def __init__(self, model, max_new_tokens: int):
-        self.model, self.max_new_tokens = model, max_new_tokens
-        self.rows: list[Row] = []
-        self.cache = self.mask = self.next_pos = self.last = None
-
-    def prefill(self, rows: list[Row], pad_id: int):
-        """Run the prompts of `rows` (left padded) and return (cache layers' keys/values, mask, next positions,
-        first tokens)."""
+    def __init__(self, model, ids: Sequence[int]):
         import torch
         from transformers import DynamicCache
 
-        width = max(len(r.ids) for r in rows)
-        ids = torch.tensor([[pad_id] * (width - len(r.ids)) + r.ids for r in rows])
-        mask = torch.tensor([[0] * (width - len(r.ids)) + [1] * len(r.ids) for r in rows])
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.ids = list(ids)
+        cache = DynamicCache(config=model.config)
+        model(input_ids=torch.tensor([self.ids]), position_ids=torch.arange(len(self.ids))[None], cache=cache,
+              use_cache=True, logits_to_keep=1)
+        self.kv = [(layer.keys, layer.values) for layer in cache.layers]
+
+    def starts(self, ids: Sequence[int]) -> bool:
+        """Whether `ids` start with the prefix and go on past it."""
+        return len(ids) > len(self.ids) and list(ids[:len(self.ids)]) == self.ids
+
+
+class _Batch:
+    """The running rows of `greedy_continuous`: a cache buffer of `slots` rows whose first ``len(rows)``
+    rows are running, their attention mask, next positions and last tokens.
+
+    Every row's last token sits in the last filled column. A finished row's slot is taken by the last
+    running row (one row of the cache copied); joining rows are written into free slots, right-aligned
+    (one copy of their own prefill). The whole buffer is copied (`_relayout`) only when a joining prompt
+    is wider than the filled part, when the buffer has no room for a joining row's `max_new_tokens`, or
+    when a quarter of the filled columns (and at least 32) are padding for every running row."""
+
+    def __init__(self, model, max_new_tokens: int, slots: int, stats: dict):
+        self.model, self.max_new_tokens, self.slots, self.stats = model, max_new_tokens, slots, stats
+        self.rows: list[Row] = []
+        self.cache = self.mask = self.next_pos = self.last = None
+
+    def prefill(self, rows: list[Row], pad_id: int, prefix=None):
+        """Run the prompts of `rows` (left padded) and return (cache layers' keys/values, mask, next positions,
+        first tokens). With `prefix` (a `_Prefix` that every row starts with) only the rows' suffixes are
+        run, over copies of the prefix's cache: row layout ``prefix, padding, suffix``."""
+        import torch
+        from transformers import DynamicCache
+
+        cut = 0 if prefix is None else len(prefix.ids)
+        tails = [r.ids[cut:] for r in rows]
+        width = max(map(len, tails))
+        ids = torch.tensor([[pad_id] * (width - len(t)) + t for t in tails])
+        mask = torch.tensor([[1] * cut + [0] * (width - len(t)) + [1] * len(t) for t in tails])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, cut:]
         cache = DynamicCache(config=self.model.config)
+        if prefix is not None:
+            for i, (k, v) in enumerate(prefix.kv):
+                cache.update(k.expand(len(rows), -1, -1, -1), v.expand(len(rows), -1, -1, -1), i)
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=cache,
                          use_cache=True, logits_to_keep=1)
         kv = [(layer.keys, layer.values) for layer in cache.layers]
         return kv, mask, positions[:, -1:] + 1, out.logits[:, -1, :].argmax(-1)
 
-    def rebuild(self, keep: list[int], new=None) -> None:
-        """Keep the running rows at indices `keep` and append the prefilled rows `new` (from `prefill`):
-        columns that every kept row masks are dropped, and the shorter side is left padded so that every
-        row's last token sits in the last column. Dropping rows alone (no `new`, little to trim) selects
-        them in place of a relayout."""
+    def _padding(self) -> int:
+        """Leading columns that every running row masks."""
+        used = self.mask.any(0).nonzero()
+        return int(used[0]) if len(used) else self.mask.shape[1]
+
+    def _too_padded(self) -> bool:
+        return self._padding() >= max(32, self.mask.shape[1] // 4)
+
+    def join(self, rows: list[Row], new) -> None:
+        """Add `rows`, prefilled as `new` (from `prefill`), to the batch."""
         import torch
 
-        idx = torch.tensor(keep, dtype=torch.long)
-        if self.cache is None:  # the first rows (the buffer is sized by the relayout below)
-            self.cache = preallocated_cache(self.model.config, 1)
-            mask, start = new[1][:0], 0
+        kv, mask, next_pos, last = new
+        n, width = len(self.rows), mask.shape[1]
+        if n and width <= self.mask.shape[1] and self.mask.shape[1] + self.max_new_tokens <= \
+                self.cache.layers[0].capacity and not self._too_padded():
+            for layer, (k, v) in zip(self.cache.layers, kv):
+                layer.write_rows(n, k, v)
+            mask = torch.nn.functional.pad(mask, (self.mask.shape[1] - width, 0))
+            self.mask, self.next_pos = torch.cat([self.mask, mask]), torch.cat([self.next_pos, next_pos])
+            self.last = torch.cat([self.last, last])
         else:
-            mask = self.mask[idx]
-            start = int(mask.any(0).nonzero()[0]) if len(keep) else mask.shape[1]
-        if new is None and start < max(32, mask.shape[1] // 4):
-            self.cache.batch_select_indices(idx)
-            self.mask, self.next_pos, self.last = mask, self.next_pos[idx], self.last[idx]
+            self._relayout(new)
+        self.rows += rows
+
+    def drop(self, ended: list[int]) -> None:
+        """Remove the rows at indices `ended`: the last running rows move into their slots."""
+        for i in sorted(ended, reverse=True):
+            tail = len(self.rows) - 1
+            if i != tail:
+                for layer in self.cache.layers:
+                    layer.move_row(tail, i)
+                self.mask[i], self.next_pos[i], self.last[i] = self.mask[tail], self.next_pos[tail], self.last[tail]
+                self.rows[i] = self.rows[tail]
+                self.stats["moves"] += 1
+            self.rows.pop()
+        n = len(self.rows)
+        if not n:
+            self.cache = self.mask = self.next_pos = self.last = None
             return
-        mask = mask[:, start:]
-        old_len, new_len = mask.shape[1], 0 if new is None else new[1].shape[1]
+        self.mask, self.next_pos, self.last = self.mask[:n], self.next_pos[:n], self.last[:n]
+        for layer in self.cache.layers:
+            layer.set_active(n)
+        if self._too_padded():
+            self._relayout(None)
+
+    def _relayout(self, new) -> None:
+        """Copy the running rows (their columns that some row attends to) and the prefilled rows `new` into a
+        fresh buffer, the shorter side left padded, with room for `max_new_tokens` more rows' tokens."""
+        import torch
+
+        self.stats["relayouts"] += 1
+        n = len(self.rows)
+        if self.cache is None:  # the first rows (the buffer is sized below)
+            self.cache = preallocated_cache(self.model.config, 1)
+        start = self._padding() if n else 0
+        old_len = self.mask.shape[1] - start if n else 0
+        new_len = 0 if new is None else new[1].shape[1]
         width = max(old_len, new_len)
         masks, positions, lasts, offsets = [], [], [], []
-        if len(keep):
-            masks.append(torch.nn.functional.pad(mask, (width - old_len, 0)))
-            positions.append(self.next_pos[idx])
-            lasts.append(self.last[idx])
+        if n:
+            masks.append(torch.nn.functional.pad(self.mask[:, start:], (width - old_len, 0)))
+            positions.append(self.next_pos)
+            lasts.append(self.last)
             offsets.append(width - old_len)
         if new is not None:
             masks.append(torch.nn.functional.pad(new[1], (width - new_len, 0)))
@@ -217,9 +318,9 @@ class _Batch:
             lasts.append(new[3])
             offsets.append(width - new_len)
         for i, layer in enumerate(self.cache.layers):
-            parts = ([(layer.keys[idx, :, start:], layer.values[idx, :, start:])] if len(keep) else []) + \
+            parts = ([(layer.keys[:, :, start:], layer.values[:, :, start:])] if n else []) + \
                     ([new[0][i]] if new is not None else [])
-            layer.relayout(parts, offsets, width, width + self.max_new_tokens)
+            layer.relayout(parts, offsets, width, width + 2 * self.max_new_tokens, rows=self.slots)
         self.mask, self.next_pos, self.last = torch.cat(masks), torch.cat(positions), torch.cat(lasts)
 
     def step(self):
@@ -235,48 +336,52 @@ class _Batch:
 
 def greedy_continuous(model, requests: Sequence[Row], finished: Callable[[Row], Sequence[Row]], *,
                       max_new_tokens: int, eos_ids, pad_id: int, slots: int,
-                      stats: dict | None = None) -> None:
+                      prefix: Sequence[int] = (), stats: dict | None = None) -> None:
     """Continuous batching: decode the rows of `requests` greedily with at most
     `slots` rows in the batch. When a row ends (an end token, or
     `max_new_tokens` tokens) `finished(row)` is called with it (``row.tokens``
     ends with the end token if there was one) and returns new rows to queue.
     Waiting rows join the batch between decode steps, prefilled together,
-    whenever at least a quarter of the slots is free (or the batch is empty,
-    or every waiting row fits), so prefill runs in a few large passes. Rows
-    are queued first in, first out. `stats` counts ``row_steps``, ``steps``,
-    ``prefills`` and ``rebuilds``."""
+    whenever an eighth of the slots is free (or the batch is empty, or every
+    waiting row fits), so prefill runs in a few large passes. Rows are queued
+    first in, first out. With `prefix` (token ids, e.g. the chat template's
+    opening) the prefix is run once and the rows that start with it prefill
+    only the rest, over a copy of its cache (the same positions; outputs agree
+    up to float rounding). `stats` counts ``row_steps``, ``steps``,
+    ``prefills``, ``prefix_rows`` (rows prefilled after the shared prefix),
+    ``relayouts`` (copies of the whole cache) and ``moves`` (a finished row's
+    slot taken by a running row)."""
     import torch
 
     if slots < 1:
         raise ValueError(f"slots must be >= 1, got {slots}")
     stats = {} if stats is None else stats
-    for key in ("row_steps", "steps", "prefills", "rebuilds"):
+    for key in ("row_steps", "steps", "prefills", "prefix_rows", "relayouts", "moves"):
         stats.setdefault(key, 0)
     queue: deque[Row] = deque(requests)
-    batch = _Batch(model, max_new_tokens)
+    batch = _Batch(model, max_new_tokens, slots, stats)
     with torch.inference_mode():
+        shared = _Prefix(model, prefix) if len(prefix) else None
         while queue or batch.rows:
             free = slots - len(batch.rows)
-            if queue and free and (free >= max(1, slots // 4) or not batch.rows or len(queue) <= free):
+            if queue and free and (free >= max(1, slots // 8) or not batch.rows or len(queue) <= free):
                 joining = [queue.popleft() for _ in range(min(free, len(queue)))]
-                new = batch.prefill(joining, pad_id)
-                batch.rebuild(list(range(len(batch.rows))), new)
-                batch.rows += joining
-                for row, t in zip(joining, new[3].tolist()):  # their first tokens, from the prefill
-                    row.tokens.append(t)
-                stats["prefills"] += 1
+                after = [r for r in joining if shared is not None and shared.starts(r.ids)]
+                whole = [r for r in joining if not (shared is not None and shared.starts(r.ids))]
+                for rows, with_prefix in ((after, shared), (whole, None)):
+                    if rows:
+                        new = batch.prefill(rows, pad_id, with_prefix)
+                        batch.join(rows, new)
+                        for row, t in zip(rows, new[3].tolist()):  # their first tokens, from the prefill
+                            row.tokens.append(t)
+                        stats["prefills"] += 1
+                stats["prefix_rows"] += len(after)
             # every row's last token is not fed yet: rows that end leave before the next step
-            ended = {i for i, row in enumerate(batch.rows)
-                     if row.tokens[-1] in eos_ids or len(row.tokens) >= max_new_tokens}
+            ended = [i for i, row in enumerate(batch.rows)
+                     if row.tokens[-1] in eos_ids or len(row.tokens) >= max_new_tokens]
             if ended:
-                done = [row for i, row in enumerate(batch.rows) if i in ended]
-                keep = [i for i in range(len(batch.rows)) if i not in ended]
-                if keep:
-                    batch.rebuild(keep)
-                    batch.rows = [batch.rows[i] for i in keep]
-                else:
-                    batch = _Batch(model, max_new_tokens)
-                stats["rebuilds"] += 1
+                done = [batch.rows[i] for i in ended]
+                batch.drop(ended)
                 for row in done:
                     queue.extend(finished(row))
                 continue  # refill before the next step
