@@ -295,7 +295,8 @@ class _Batch:
 
     def _relayout(self, new) -> None:
         """Copy the running rows (their columns that some row attends to) and the prefilled rows `new` into a
-        fresh buffer, the shorter side left padded, with room for `max_new_tokens` more rows' tokens."""
+        fresh buffer of `slots` rows, the shorter side left padded, with room for ``2 * max_new_tokens`` more
+        columns (rows that join later need up to `max_new_tokens` each)."""
         import torch
 
         self.stats["relayouts"] += 1
