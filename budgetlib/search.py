@@ -37,7 +37,8 @@ so with ``shared_prefix=True`` a backend that supports it in rounds
 (`HFBackend(continuous=False)`) encodes the common prompt prefix once per
 question (off by default: it also groups the vanilla requests by their common
 chat-template opening, which sends them through transformers' `generate`
-instead of the compacting loop: slower on a CPU, LOG 2026-12-07).
+instead of the compacting loop: slower on a CPU, LOG 2026-12-07), and
+`HFBackend`'s continuous flow runs the chat template's opening once.
 """
 
 from __future__ import annotations
@@ -239,9 +240,9 @@ def search_budgets(backend: Backend, problems: Sequence[Problem], *, strategy: s
 
     `ladder` (halving only): all of a question's halving candidates at once,
     then the same decisions (module docstring). `shared_prefix` for the flow:
-    None keeps the backend's own setting; backends without support, and
-    continuous batching, ignore it. None of the three changes results, so none
-    is part of the search fingerprint."""
+    None keeps the backend's own setting; backends without support ignore it.
+    None of the three changes results, so none is part of the search
+    fingerprint."""
     from tqdm.auto import tqdm
 
     config = SearchConfig(strategy, feasibility, min_budget, tolerance, max_new_tokens)  # type: ignore[arg-type]

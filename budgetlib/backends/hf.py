@@ -80,8 +80,9 @@ class HFBackend:
     flow runs in rounds of `generate` calls. With `shared_prefix` on, a
     continuous flow runs the opening its first requests share (the chat
     template's) once and prefills only the rest of each prompt that starts
-    with it. Execution details like the batch size: not part of `identity()`. `prefill_stats` counts the prompt tokens
-    actually run through the model either way.
+    with it. Execution details like the batch size: not part of
+    `identity()`. `prefill_stats` counts the prompt tokens actually run
+    through the model either way.
     """
 
     supports_shared_prefix = True
@@ -213,11 +214,8 @@ class HFBackend:
                                       batch_size=batch_size or self.batch_size)
         check_request([r.prompt for r in requests], max_new_tokens, 0.0)
 
-        made: list[list[int]] = []  # every request's prompt ids, for prefill_stats
-
         def rows(reqs: Sequence[Request]) -> list[Row]:
             ids = self._token_ids([r.prompt for r in reqs], [r.assistant_prefix for r in reqs], max_new_tokens)
-            made.extend(ids)
             return [Row(r.tag, x) for r, x in zip(reqs, ids)]
 
         def finished(row: Row) -> list[Row]:
@@ -229,19 +227,10 @@ class HFBackend:
             prefix = first[0].ids[:min(min(common_prefix_len(first[0].ids, r.ids), len(r.ids) - 1) for r in first)]
             if len(prefix) < self.min_shared_prefix:
                 prefix = []
-        before = self.flow_stats.get("prefix_rows", 0)
         greedy_continuous(self.model, first, finished, max_new_tokens=max_new_tokens,
                           eos_ids=self.eos_ids, pad_id=self.tokenizer.pad_token_id,
-                          slots=batch_size or self.batch_size, prefix=prefix, stats=self.flow_stats)
-        after = self.flow_stats["prefix_rows"] - before
-        total = sum(map(len, made))
-        if after:  # the prefix ran once; the rows that start with it ran only their suffixes
-            shared = sum(len(x) for x in made if len(x) > len(prefix) and x[:len(prefix)] == prefix)
-            self.prefill_stats.prefix_tokens += len(prefix)
-            self.prefill_stats.prefix_passes += 1
-            self.prefill_stats.suffix_tokens += shared - after * len(prefix)
-            total -= shared
-        self.prefill_stats.plain_tokens += total
+                          slots=batch_size or self.batch_size, prefix=prefix, stats=self.flow_stats,
+                          prefill_stats=self.prefill_stats)
         return 0
 
     def _full_attention(self) -> bool:

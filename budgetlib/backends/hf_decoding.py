@@ -337,7 +337,7 @@ class _Batch:
 
 def greedy_continuous(model, requests: Sequence[Row], finished: Callable[[Row], Sequence[Row]], *,
                       max_new_tokens: int, eos_ids, pad_id: int, slots: int,
-                      prefix: Sequence[int] = (), stats: dict | None = None) -> None:
+                      prefix: Sequence[int] = (), stats: dict | None = None, prefill_stats=None) -> None:
     """Continuous batching: decode the rows of `requests` greedily with at most
     `slots` rows in the batch. When a row ends (an end token, or
     `max_new_tokens` tokens) `finished(row)` is called with it (``row.tokens``
@@ -351,7 +351,9 @@ def greedy_continuous(model, requests: Sequence[Row], finished: Callable[[Row], 
     up to float rounding). `stats` counts ``row_steps``, ``steps``,
     ``prefills``, ``prefix_rows`` (rows prefilled after the shared prefix),
     ``relayouts`` (copies of the whole cache) and ``moves`` (a finished row's
-    slot taken by a running row)."""
+    slot taken by a running row). `prefill_stats` (a `prefix_cache.PrefillStats`,
+    if given) counts the prompt tokens run: the prefix once, the suffixes after
+    it, the prompts prefilled whole."""
     import torch
 
     if slots < 1:
@@ -363,12 +365,16 @@ def greedy_continuous(model, requests: Sequence[Row], finished: Callable[[Row], 
     batch = _Batch(model, max_new_tokens, slots, stats)
     with torch.inference_mode():
         shared = _Prefix(model, prefix) if len(prefix) else None
+        if shared is not None and prefill_stats is not None:
+            prefill_stats.prefix_tokens += len(shared.ids)
+            prefill_stats.prefix_passes += 1
         while queue or batch.rows:
             free = slots - len(batch.rows)
             if queue and free and (free >= max(1, slots // 8) or not batch.rows or len(queue) <= free):
                 joining = [queue.popleft() for _ in range(min(free, len(queue)))]
-                after = [r for r in joining if shared is not None and shared.starts(r.ids)]
-                whole = [r for r in joining if not (shared is not None and shared.starts(r.ids))]
+                uses = [shared is not None and shared.starts(r.ids) for r in joining]
+                after = [r for r, u in zip(joining, uses) if u]
+                whole = [r for r, u in zip(joining, uses) if not u]
                 for rows, with_prefix in ((after, shared), (whole, None)):
                     if rows:
                         new = batch.prefill(rows, pad_id, with_prefix)
@@ -377,6 +383,9 @@ def greedy_continuous(model, requests: Sequence[Row], finished: Callable[[Row], 
                             row.tokens.append(t)
                         stats["prefills"] += 1
                 stats["prefix_rows"] += len(after)
+                if prefill_stats is not None:
+                    prefill_stats.suffix_tokens += sum(len(r.ids) - len(shared.ids) for r in after)
+                    prefill_stats.plain_tokens += sum(len(r.ids) for r in whole)
             # every row's last token is not fed yet: rows that end leave before the next step
             ended = [i for i, row in enumerate(batch.rows)
                      if row.tokens[-1] in eos_ids or len(row.tokens) >= max_new_tokens]
